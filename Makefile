@@ -1,0 +1,42 @@
+# Set-up and entry points. `make run` and `make test` each create or update the virtual
+# environment from the project's own files first, then do their job.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+
+.PHONY: run test test-fast lint dag bench clean-venv
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	# the CPU build of torch first, so that nothing below pulls a CUDA build
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[dev]"
+	touch $(STAMP)
+
+## run: the main job on config.yaml (offline default)
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+
+## test: the whole test suite (unit + workflow + real-model tests)
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not workflow"
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/ruff check workflow tests bench
+
+dag: $(STAMP)
+	$(BIN)/snakemake --rulegraph | dot -Tsvg > rulegraph.svg
+
+bench: $(STAMP)
+	$(BIN)/python bench/cache_throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

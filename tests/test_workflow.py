@@ -1,0 +1,91 @@
+"""End-to-end: snakemake on tests/config.yaml (tiny native model, synthetic corpus)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saestab.activations import ActivationCache
+
+from .conftest import REPO, synthetic_documents
+
+pytestmark = pytest.mark.workflow
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(REPO / "tests" / "config.yaml"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    wd = tmp_path_factory.mktemp("wf")
+    (wd / "corpus").mkdir()
+    for i, text in enumerate(synthetic_documents()):
+        (wd / "corpus" / f"doc{i:03d}.txt").write_text(text)
+    snakemake(wd, "--cores", "2")
+    return wd
+
+
+def test_workflow_outputs(workdir):
+    base = workdir / "results" / "tiny"
+    for weights in ("trained", "random"):
+        hook_dir = base / weights / "blocks.1.hook_resid_post"
+        train = ActivationCache.open(hook_dir / "cache" / "train")
+        ev = ActivationCache.open(hook_dir / "cache" / "eval")
+        assert train.d == 32 and train.header["weights"] == weights
+        assert train.n_tokens >= 12000 * 0.9 and ev.n_tokens >= 2000 * 0.9
+        assert train.n_shards == int(np.ceil(train.n_tokens / 5000))
+    # train and eval contexts come from disjoint documents
+    split = json.loads((base / "tokens" / "split.json").read_text())
+    assert split["train"]["documents"] and split["eval"]["documents"]
+    assert not set(split["train"]["documents"]) & set(split["eval"]["documents"])
+    train_docs = np.unique(np.load(base / "tokens" / "train_doc_ids.npy"))
+    eval_docs = np.unique(np.load(base / "tokens" / "eval_doc_ids.npy"))
+    assert set(train_docs[train_docs >= 0]).isdisjoint(eval_docs[eval_docs >= 0])
+    t = ActivationCache.open(base / "trained" / "blocks.1.hook_resid_post" / "cache" / "train")
+    r = ActivationCache.open(base / "random" / "blocks.1.hook_resid_post" / "cache" / "train")
+    np.testing.assert_array_equal(t.token_ids(), r.token_ids())  # same tokens, different weights
+    assert not np.allclose(t.load(0, 100), r.load(0, 100))
+    for log in ("logs/extract_corpus.log", "logs/tiny/tokenize.log",
+                "logs/tiny/trained/blocks.1.hook_resid_post/cache_activations.log"):
+        assert (workdir / log).stat().st_size > 0, log
+    assert "tokens/s" in (workdir / "logs/tiny/trained/blocks.1.hook_resid_post/"
+                          "cache_activations.log").read_text()
+
+
+def test_second_run_has_nothing_to_do(workdir):
+    proc = snakemake(workdir, "--cores", "2", "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_interrupted_output_is_rebuilt(workdir, tmp_path):
+    wd = tmp_path / "wd"
+    shutil.copytree(workdir, wd, ignore=shutil.ignore_patterns(".snakemake"))
+    cache = wd / "results/tiny/random/blocks.1.hook_resid_post/cache/eval"
+    shutil.rmtree(cache)
+    proc = snakemake(wd, "--cores", "2", "-n")
+    assert "cache_activations" in proc.stdout
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "tests" / "config.yaml").read_text()
+                   .replace("context_length: 64", "context_length: 1"))
+    proc = subprocess.run([*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", str(bad), "-n"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "tokens.context_length: 1 is less than the minimum of 2" in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()

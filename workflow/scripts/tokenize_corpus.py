@@ -1,0 +1,24 @@
+"""Documents -> fixed-length token contexts, split into train and eval by document."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
+from saestab import corpus, logs, models, tokens
+
+sm = snakemake  # noqa: F821
+log = logs.setup(sm.log[0])
+cfg = sm.params.tokens
+model_dir = Path(sm.input.model[0]).parent if sm.input.model else None
+tok = models.load_tokenizer(sm.params.spec, model_dir=model_dir)
+docs = corpus.read_documents(sm.input.documents)
+result = tokens.tokenize_corpus(
+    docs, tok.encode, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    context_length=cfg["context_length"], train_tokens=cfg["train_tokens"],
+    eval_tokens=cfg["eval_tokens"], seed=cfg["split_seed"], prepend_bos=cfg["prepend_bos"],
+)
+tokens.save_tokens(sm.output[0], result, meta={"model": sm.wildcards.model,
+                                               "vocab_size": tok.vocab_size})
+for split in ("train", "eval"):
+    log.info("%s: %s contexts of %d tokens", split, result[split]["contexts"].shape[0],
+             cfg["context_length"])
