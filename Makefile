@@ -35,8 +35,20 @@ lint: $(STAMP)
 dag: $(STAMP)
 	$(BIN)/snakemake --rulegraph | dot -Tsvg > rulegraph.svg
 
-bench: $(STAMP)
-	$(BIN)/python bench/cache_throughput.py
+SAELENS_VENV := bench/.venv-saelens
+
+# SAELens pins transformer-lens < 4, so the training bench drives it in a venv of its own.
+$(SAELENS_VENV)/.installed:
+	test -x $(SAELENS_VENV)/bin/python || $(PYTHON) -m venv $(SAELENS_VENV)
+	$(SAELENS_VENV)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(SAELENS_VENV)/bin/python -m pip install --quiet "sae-lens==6.54.12"
+	touch $@
+
+## bench: every benchmark (needs `make run` first for the SmolLM2 cache)
+bench: $(STAMP) $(SAELENS_VENV)/.installed
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/cache_throughput.py
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/train_throughput.py
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/stability_scaling.py --quick
 
 clean-venv:
 	rm -rf $(VENV)

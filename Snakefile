@@ -26,6 +26,8 @@ config.update(_validated)
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/stability.smk"
 
 
 rule all:

@@ -65,6 +65,33 @@ def test_workflow_outputs(workdir):
                           "cache_activations.log").read_text()
 
 
+def test_workflow_saes_and_census(workdir):
+    hook = "blocks.1.hook_resid_post"
+    for weights, variants in (("trained", ("topk", "relu")), ("random", ("topk",))):
+        for variant in variants:
+            base = workdir / "results" / "tiny" / weights / hook / "saes" / variant
+            seeds = sorted(p.parent.name for p in base.glob("group*/seed*/cfg.json"))
+            assert seeds == ["seed0", "seed1", "seed2"]  # two jobs: {0, 1} and {2}
+            for epoch in (1, 2):
+                assert len(list(base.glob(f"group*/snapshots/epoch{epoch}/seed*/eval.json"))) == 3
+            ev = json.loads((base / "group0" / "seed0" / "eval.json").read_text())
+            assert 0.3 < ev["ev"] <= 1.0
+            cfg = json.loads((base / "group0" / "seed0" / "cfg.json").read_text())
+            assert cfg["hook_name"] == hook and cfg["d_in"] == 32 and cfg["d_sae"] == 64
+            summary = json.loads((workdir / "results" / "tiny" / weights / hook / "stability" /
+                                  variant / "summary.json").read_text())
+            assert summary["n_seeds"] == 3
+            fr = summary["stable"]["mean"] + summary["unstable"]["mean"] + \
+                summary["middle"]["mean"]
+            assert abs(fr - 1) < 1e-9
+    table = (workdir / "results" / "tables" / "table1.md").read_text().strip().splitlines()
+    assert len(table) == 2 + 3
+    for fig in ("stability_cdf", "p_hat_hist", "stability_vs_frequency", "theta_sweep",
+                "labels_vs_n", "training_length", "table1"):
+        png = workdir / "results" / "figures" / "census" / f"{fig}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG", fig
+
+
 def test_second_run_has_nothing_to_do(workdir):
     proc = snakemake(workdir, "--cores", "2", "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -105,5 +105,24 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
             if n_ctx < tokens.get("context_length", 0):
                 raise ConfigError(f"{source}: models.{name}.config.n_ctx: {n_ctx} is shorter than "
                                   f"tokens.context_length ({tokens['context_length']})")
+    sae = config.get("sae", {})
+    variants = sae.get("variants", {})
+    for weights, names in sae.get("runs", {}).items():
+        for name in names:
+            if name not in variants:
+                raise ConfigError(f"{source}: sae.runs.{weights}: unknown variant {name!r} "
+                                  f"(defined: {', '.join(sorted(variants))})")
+    for name, v in variants.items():
+        key = f"{source}: sae.variants.{name}"
+        if v["architecture"] in ("topk", "batchtopk", "matryoshka") and not v.get("k"):
+            raise ConfigError(f"{key}.k: required for architecture {v['architecture']!r}")
+        if v.get("k") and v["k"] > v["d_sae"]:
+            raise ConfigError(f"{key}.k: {v['k']} exceeds d_sae ({v['d_sae']})")
+        if v.get("n_epochs") is not None and v.get("n_tokens") is not None:
+            raise ConfigError(f"{key}: give n_epochs or n_tokens, not both")
+        groups = v.get("matryoshka_groups")
+        if groups and sum(groups) != v["d_sae"]:
+            raise ConfigError(f"{key}.matryoshka_groups: sizes sum to {sum(groups)}, "
+                              f"not d_sae ({v['d_sae']})")
     if config.get("weights") and len(set(config["weights"])) != len(config["weights"]):
         raise ConfigError(f"{source}: weights: duplicate entries in {config['weights']}")

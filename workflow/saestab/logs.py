@@ -62,7 +62,8 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", un
         yield item
         done += 1
         now = time.perf_counter()
-        if now - last >= every or (total is not None and done == total):
+        final = total is not None and done == total and now - start >= 2.0
+        if now - last >= every or final:
             rate = done / max(now - start, 1e-9)
             if total:
                 eta = (total - done) / rate if rate > 0 else float("inf")

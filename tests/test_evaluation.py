@@ -1,0 +1,102 @@
+"""SAE evaluation on a real (tiny, synthetic) activation cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from saestab.activations import ActivationCache, write_cache
+from saestab.evaluation import evaluate_sae, read_evaluation, write_evaluation
+from saestab.sae import SAEConfig, sae_from_tensors
+
+D = 8
+
+
+def make_cache(path: Path, d: int = D, vocab: int = 300, n_ctx: int = 40, t: int = 16,
+               seed: int = 0, offset: float = 0.5) -> ActivationCache:
+    """A cache whose activations are fixed random vectors looked up by token id."""
+    rng = np.random.default_rng(seed)
+    table = torch.from_numpy((rng.standard_normal((vocab, d)) + offset).astype(np.float32))
+    contexts = rng.integers(0, vocab, (n_ctx, t))
+    return write_cache(path, lambda ids: table[ids], contexts, d=d, bos_token_id=None,
+                       outlier_factor=None)
+
+
+def identity_sae():
+    """f = [relu(x), relu(-x)], x_hat = relu(x) - relu(-x) = x."""
+    eye = torch.eye(D)
+    cfg = SAEConfig(architecture="relu", d_in=D, d_sae=2 * D)
+    return sae_from_tensors(cfg, {"W_enc": torch.cat([eye, -eye], 1),
+                                  "W_dec": torch.cat([eye, -eye], 0),
+                                  "b_enc": torch.zeros(2 * D), "b_dec": torch.zeros(D)})
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> ActivationCache:
+    return make_cache(tmp_path_factory.mktemp("eval") / "cache")
+
+
+def test_perfect_reconstruction(cache: ActivationCache) -> None:
+    x = cache.load()
+    res = evaluate_sae(identity_sae(), cache, batch_size=100)
+    assert res["n_tokens"] == len(x)
+    assert res["ev"] == pytest.approx(1.0, abs=1e-6)
+    assert res["mse"] == pytest.approx(0.0, abs=1e-9)
+    # every coordinate is nonzero, so exactly one feature of each +/- pair fires
+    assert res["l0"] == pytest.approx(D)
+    assert np.allclose(res["frequency"][:D], (x > 0).mean(0))
+    assert np.allclose(res["frequency"][D:], (x < 0).mean(0))
+    assert np.allclose(res["mass"][:D], np.clip(x, 0, None).sum(0), rtol=1e-5)
+    assert np.allclose(res["mass"][D:], np.clip(-x, 0, None).sum(0), rtol=1e-5)
+    # frequencies are ~0.69 / ~0.31 (offset 0.5): all dense at 10%, none dead
+    assert res["dead_fraction"] == 0.0
+    assert res["dense_fraction"] == 1.0
+    strict = evaluate_sae(identity_sae(), cache, dense_threshold=0.5)
+    assert strict["dense_fraction"] == pytest.approx(np.mean(res["frequency"] > 0.5))
+    assert 0 < strict["dense_fraction"] < 1
+
+
+def test_zero_features_ev_is_set_by_b_dec(cache: ActivationCache) -> None:
+    x = cache.load().astype(np.float64)
+    c = np.linspace(-1, 1, D).astype(np.float32)
+    cfg = SAEConfig(architecture="relu", d_in=D, d_sae=4)
+    sae = sae_from_tensors(cfg, {"W_enc": torch.zeros(D, 4), "W_dec": torch.ones(4, D),
+                                 "b_enc": -torch.ones(4), "b_dec": torch.from_numpy(c)})
+    res = evaluate_sae(sae, cache, batch_size=77)
+    expect = 1 - ((x - c) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert res["ev"] == pytest.approx(expect, rel=1e-6)
+    assert res["mse"] == pytest.approx(((x - c) ** 2).sum(1).mean(), rel=1e-6)
+    assert res["l0"] == 0 and res["dead_fraction"] == 1.0 and res["dense_fraction"] == 0.0
+    assert not res["mass"].any()
+    # b_dec at the mean gives EV 0 exactly
+    sae.b_dec.data = torch.from_numpy(x.mean(0).astype(np.float32))
+    assert evaluate_sae(sae, cache)["ev"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mass_weights_by_decoder_norm(cache: ActivationCache) -> None:
+    sae = identity_sae()
+    sae.W_dec.data[:D] *= 3.0  # feature j's direction has norm 3 now
+    sae.W_enc.data[:, :D] /= 3.0  # keep the reconstruction exact
+    res = evaluate_sae(sae, cache)
+    x = cache.load()
+    assert res["ev"] == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(res["mass"][:D], np.clip(x, 0, None).sum(0), rtol=1e-5)
+    # max_tokens limits the evaluated rows
+    part = evaluate_sae(sae, cache, max_tokens=50)
+    assert part["n_tokens"] == 50
+    assert np.allclose(part["frequency"][:D], (x[:50] > 0).mean(0))
+
+
+def test_write_and_read_evaluation(cache: ActivationCache, tmp_path: Path) -> None:
+    res = evaluate_sae(identity_sae(), cache)
+    json_path, pq_path = write_evaluation(res, tmp_path / "sae", extra={"seed": 3})
+    scalars = json.loads(json_path.read_text())
+    assert scalars["seed"] == 3 and scalars["ev"] == res["ev"] and "frequency" not in scalars
+    back = read_evaluation(tmp_path / "sae")
+    assert np.array_equal(back["frequency"], res["frequency"])
+    assert np.array_equal(back["mass"], res["mass"])
+    assert back["l0"] == res["l0"]

@@ -1,0 +1,76 @@
+# Stability census: pairwise matching of all seeds of a configuration, per-feature stability,
+# sweeps, training-length curve; then figures across configurations and the Table-1 analogue.
+
+
+localrules:
+    census_figure,
+    table1,
+
+
+rule stability_census:
+    input:
+        groups=lambda wc: sae_group_dirs(wc.model, wc.weights, wc.hook, wc.variant),
+    output:
+        features="results/{model}/{weights}/{hook}/stability/{variant}/features.parquet",
+        summary="results/{model}/{weights}/{hook}/stability/{variant}/summary.json",
+        pairwise="results/{model}/{weights}/{hook}/stability/{variant}/pairwise.npz",
+        sweeps="results/{model}/{weights}/{hook}/stability/{variant}/sweeps.parquet",
+        n_subsample="results/{model}/{weights}/{hook}/stability/{variant}/n_subsample.parquet",
+        training_length=(
+            "results/{model}/{weights}/{hook}/stability/{variant}/training_length.csv"
+        ),
+    log:
+        "logs/{model}/{weights}/{hook}/stability_census/{variant}.log",
+    benchmark:
+        "benchmarks/{model}/{weights}/{hook}/stability_census/{variant}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        stability=config["stability"],
+        device=config["device"],
+    script:
+        "../scripts/stability_census.py"
+
+
+rule census_figure:
+    input:
+        summaries=[census_file(c, "summary.json") for c in sae_configs()],
+    output:
+        report(
+            "results/figures/census/{figure}.png",
+            caption="../report/census_figure.rst",
+            category="C1-C2 stability census",
+        ),
+    log:
+        "logs/figures/census/{figure}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        configs=[census_config(c) for c in sae_configs()],
+    script:
+        "../scripts/census_figure.py"
+
+
+rule table1:
+    input:
+        summaries=[census_file(c, "summary.json") for c in sae_configs()],
+    output:
+        csv="results/tables/table1.csv",
+        md="results/tables/table1.md",
+        png=report(
+            "results/figures/census/table1.png",
+            caption="../report/table1.rst",
+            category="C1-C2 stability census",
+        ),
+    log:
+        "logs/figures/table1.log",
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        configs=[census_config(c) for c in sae_configs()],
+    script:
+        "../scripts/table1.py"

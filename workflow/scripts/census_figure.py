@@ -1,0 +1,12 @@
+"""One census figure across every configuration of the study."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
+from saestab import logs, plotting
+
+sm = snakemake  # noqa: F821
+log = logs.setup(sm.log[0])
+plotting.FIGURES[sm.wildcards.figure](sm.params.configs, sm.output[0])
+log.info("wrote %s", sm.output[0])

@@ -1,0 +1,22 @@
+"""Stability census of one SAE configuration (all seeds, all groups)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
+from saestab import census, logs, runtime
+
+sm = snakemake  # noqa: F821
+log = logs.setup(sm.log[0])
+runtime.set_threads(sm.threads)
+cfg = sm.params.stability
+device = str(runtime.resolve_device(sm.params.device))
+c = census.run_census(sm.input.groups, theta=cfg["theta"], eps=cfg["eps"], thetas=cfg["thetas"],
+                      epss=cfg["epss"], n_draws=cfg["n_draws"],
+                      hungarian_pairs=cfg["hungarian_pairs"], seed=cfg["seed"], device=device,
+                      chunk_size=cfg["chunk_size"])
+census.write_census(c, Path(sm.output.summary).parent)
+s = c.summary
+log.info("stable %.3f ± %.3f, unstable %.3f ± %.3f (over %d anchors), Hungarian IoU %.3f, "
+         "EV %.3f", s["stable"]["mean"], s["stable"]["std"], s["unstable"]["mean"],
+         s["unstable"]["std"], s["n_seeds"], s["hungarian_iou"]["mean"], s["ev"]["mean"])
