@@ -6,9 +6,10 @@ several reference SAEs per GEMM, float16/int32 tables) followed by
 
 Naive baseline: for every ordered pair (a, b), the full m x m cosine matrix in numpy (float32),
 its row max/argmax, and ``scipy.optimize.linear_sum_assignment`` on it for one-to-one matching;
-then the same stability table. The baseline runs only ``--baseline-pairs`` ordered pairs; its
-time is extrapolated linearly to all S(S-1) pairs (the table is built once, timed as measured).
-Its time is shown both with and without the Hungarian step.
+then the same stability table. On CPU both do their matrix products with numpy's BLAS, so the
+comparison is of the algorithms, not of BLAS builds. The baseline runs only ``--baseline-pairs``
+ordered pairs; its time is extrapolated linearly to all S(S-1) pairs (the table is built once,
+timed as measured). Its time is shown both with and without the Hungarian step.
 
 Memory: each measurement runs in a fresh subprocess. "peak" is the process's ru_maxrss after the
 run minus its resident set just before it (inputs already allocated, and the code paths warmed
@@ -193,7 +194,9 @@ def main() -> None:
     p.add_argument("--chunk-size", type=int, default=4096)
     p.add_argument("--max-block-bytes", type=int, default=DEFAULT_MAX_BLOCK_BYTES)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: torch's default); numpy's BLAS, which does the CPU "
+                        "products of both ours and the baseline, follows OPENBLAS_NUM_THREADS")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare-blocking", action="store_true")
     p.add_argument("--repeats", type=int, default=2, help="for --compare-blocking")

@@ -13,18 +13,15 @@ Two savings over the naive loop over ordered pairs:
 * stacking: a chunk of anchor ``a``'s rows is multiplied against a contiguous block of several
   reference SAEs at once (one larger GEMM instead of several small ones).
 
-Stacking measured with ``bench/stability_scaling.py --compare-blocking`` (torch 2.13 CPU, float32,
-d = 576, chunk_size 4096, 256 MiB blocks, best of 2; a 2-core machine shared with other jobs,
-so wall times are noisy and CPU time is the steadier number):
+Stacking measured with ``bench/stability_scaling.py --compare-blocking`` (CPU, float32, d = 576,
+chunk_size 4096, 256 MiB blocks, best of 2 interleaved runs; a 2-core machine shared with other
+jobs, so numbers are noisy; "CPU" is process CPU time):
 
-* S = 6,  m = 1152, 2 threads: one pair per GEMM wall 1.48 s / CPU 0.73 s, stacked wall 0.87 s /
-  CPU 0.42 s; 1 thread: 0.44 s / 0.29 s vs 0.44 s / 0.30 s.
-* S = 16, m = 4096, 2 threads: one pair per GEMM wall 74.5 s / CPU 39.4 s, stacked wall 61.1 s /
-  CPU 40.2 s; 1 thread: CPU 33.0 s vs 35.4 s (wall 47.9 s vs 51.1 s).
+* S = 6,  m = 1152: one reference SAE per GEMM 1.24 s wall / 1.20 s CPU; stacked 0.75 s / 0.74 s.
+* S = 16, m = 4096: one reference SAE per GEMM 41.5 s / 40.0 s; stacked 36.0 s / 35.2 s.
 
-So on CPU stacking pays only where one pair's GEMM is small and threads need work (small m);
-at m = 4096 both are GEMM-bound and equal within noise. The default stacks (it should also
-help a GPU, where one small GEMM underfills the device; not measured here).
+So stacking is faster on CPU, most where one pair's product is small; the default stacks. (Not
+measured on a GPU, where a single small product would underfill the device.)
 
 Stored tables are compact: float16 maxima (spacing 4.9e-4 near 0.7, so a cosine within 2.4e-4 of
 ``theta`` may land on either side of it) and int32 argmax indices.
