@@ -57,3 +57,5 @@ if out.exists():
 out.parent.mkdir(parents=True, exist_ok=True)
 staging.rename(out)
 shutil.rmtree(work, ignore_errors=True)
+if work.parent.is_dir() and not any(work.parent.iterdir()):
+    work.parent.rmdir()  # the variant's .work/ once no group is in progress
