@@ -258,3 +258,22 @@ def test_config_validation() -> None:
         SAEConfig(architecture="topk", d_in=4, d_sae=8)  # no k
     with pytest.raises(ValueError):
         SAEConfig(architecture="topk", d_in=4, d_sae=8, k=9)
+
+
+def test_cfg_json_names_saelens_inference_architecture(tmp_path):
+    """cfg.json's `architecture` is SAELens's name for the inference rule (so SAELens's loader
+    reads our files; checked against SAELens itself by bench/saelens_compat.py), while the
+    trained variant round-trips through `saestab_architecture`."""
+    import json
+
+    from saestab.sae import SAE, SAEConfig, load_sae, save_sae
+
+    expected = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu",
+                "jumprelu": "jumprelu", "matryoshka": "jumprelu"}
+    for arch, saelens_name in expected.items():
+        k = 4 if arch in ("topk", "batchtopk", "matryoshka") else None
+        save_sae(SAE(SAEConfig(architecture=arch, d_in=8, d_sae=16, k=k)), tmp_path / arch)
+        cfg = json.loads((tmp_path / arch / "cfg.json").read_text())
+        assert cfg["architecture"] == saelens_name
+        assert cfg["saestab_architecture"] == arch
+        assert load_sae(tmp_path / arch).cfg.architecture == arch

@@ -130,7 +130,10 @@ class SAEConfig:
         return {
             "format": FORMAT,
             "version": VERSION,
-            "architecture": self.architecture,
+            # SAELens's name for the inference rule (so its loader reads our files: BatchTopK
+            # and Matryoshka infer with a threshold, i.e. as JumpReLU), and the trained variant
+            "architecture": SAELENS_INFERENCE_ARCH[self.architecture],
+            "saestab_architecture": self.architecture,
             "d_in": self.d_in,
             "d_sae": self.d_sae,
             "k": self.k,
@@ -308,6 +311,15 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
                             f"could not read it ({err})") from err
 
 
+SAELENS_INFERENCE_ARCH = {
+    "relu": "standard",
+    "topk": "topk",
+    "jumprelu": "jumprelu",
+    "batchtopk": "jumprelu",
+    "matryoshka": "jumprelu",
+}
+"""SAELens architecture name of each variant's inference rule, written to ``cfg.json``."""
+
 _SAELENS_ARCH = {
     "standard": "relu",
     "relu": "relu",
@@ -345,6 +357,8 @@ def _from_saelens(path: Path, cfg_json: Any) -> tuple[SAEConfig, dict[str, torch
         raise io.InputError(f"{cfg_file}: architecture {arch_raw!r} is not supported "
                             f"(expected one of {sorted(_SAELENS_ARCH)})")
     arch = _SAELENS_ARCH[arch_raw]
+    if cfg_json.get("format") == FORMAT and cfg_json.get("saestab_architecture"):
+        arch = str(cfg_json["saestab_architecture"])  # ours: the training variant
     k = c.get("k")
     if arch == "relu" and act_fn == "topk":  # older SAELens: standard + topk activation
         arch = "topk"
