@@ -67,7 +67,8 @@ def test_workflow_outputs(workdir):
 
 def test_workflow_saes_and_census(workdir):
     hook = "blocks.1.hook_resid_post"
-    for weights, variants in (("trained", ("topk", "relu")), ("random", ("topk",))):
+    for weights, variants in (("trained", ("topk", "relu", "topk-dataseed")),
+                              ("random", ("topk",))):
         for variant in variants:
             base = workdir / "results" / "tiny" / weights / hook / "saes" / variant
             seeds = sorted(p.parent.name for p in base.glob("group*/seed*/cfg.json"))
@@ -84,8 +85,15 @@ def test_workflow_saes_and_census(workdir):
             fr = summary["stable"]["mean"] + summary["unstable"]["mean"] + \
                 summary["middle"]["mean"]
             assert abs(fr - 1) < 1e-9
+    # data order shared by the init seeds, or varied with them
+    saes = workdir / "results" / "tiny" / "trained" / hook / "saes"
+    for variant, data_seeds in (("topk", [0, 0, 0]), ("topk-dataseed", [0, 1, 2])):
+        files = sorted(saes.glob(f"{variant}/group*/seed*/cfg.json"))
+        cfgs = [json.loads(p.read_text()) for p in files]
+        assert [c["seeds"]["init_seed"] for c in cfgs] == [0, 1, 2]
+        assert [c["seeds"]["data_seed"] for c in cfgs] == data_seeds
     table = (workdir / "results" / "tables" / "table1.md").read_text().strip().splitlines()
-    assert len(table) == 2 + 3
+    assert len(table) == 2 + 4
     for fig in ("stability_cdf", "p_hat_hist", "stability_vs_frequency", "theta_sweep",
                 "labels_vs_n", "training_length", "table1"):
         png = workdir / "results" / "figures" / "census" / f"{fig}.png"
