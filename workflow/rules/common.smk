@@ -17,6 +17,15 @@ WEIGHTS = config["weights"]
 SAE_CFG = config["sae"]
 
 
+def gpu_request():
+    """GPUs a torch job asks the scheduler for: one when the config names a CUDA device.
+
+    ``auto`` asks for none (a job still uses CUDA if it lands where one is visible), so that a
+    CPU-only machine or cluster never waits for a GPU it does not have.
+    """
+    return 1 if config["device"].startswith("cuda") else 0
+
+
 def model_spec(wildcards):
     return MODELS[wildcards.model]
 

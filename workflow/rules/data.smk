@@ -85,6 +85,7 @@ rule cache_activations:
     resources:
         mem_mb=8000,
         runtime=120,
+        gpu=gpu_request(),
     params:
         spec=model_spec,
         cache=config["cache"],

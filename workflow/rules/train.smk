@@ -17,6 +17,7 @@ rule train_saes:
     resources:
         mem_mb=8000,
         runtime=240,
+        gpu=gpu_request(),
     params:
         variant=lambda wc: SAE_CFG["variants"][wc.variant],
         seeds=lambda wc: group_seeds(int(wc.group)),
