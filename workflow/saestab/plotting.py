@@ -47,6 +47,17 @@ def _weights_panels(configs: Sequence[Config]) -> tuple[plt.Figure, dict[str, pl
     return fig, dict(zip(weights, axes[0], strict=True))
 
 
+def _finish_panels(fig: plt.Figure, panels: dict[str, plt.Axes], out: str | Path, *,
+                   xlabel: str, ylabel: str, ylim: tuple[float, float] = (-0.02, 1.02),
+                   legend_size: int = 8, **axes_kw: Any) -> None:
+    """Title, labels and legend of each weights panel; the y label on the first; save."""
+    for w, ax in panels.items():
+        ax.set(title=f"{w} weights", xlabel=xlabel, ylim=ylim, **axes_kw)
+        ax.legend(loc="best", fontsize=legend_size)
+    next(iter(panels.values())).set_ylabel(ylabel)
+    _save(fig, out)
+
+
 def _features(c: Config) -> pd.DataFrame:
     return stability.read_table(Path(c["dir"]) / "features.parquet")
 
@@ -59,12 +70,8 @@ def stability_cdf(configs: Sequence[Config], out: str | Path) -> None:
         df = _features(c)
         x, F = stability.ecdf(df["p_hat"].to_numpy())
         panels[c["weights"]].step(np.r_[0, x], np.r_[0, F], where="post", label=_label(c))
-    for w, ax in panels.items():
-        ax.set(title=f"{w} weights", xlabel="stability p̂ (share of other seeds with a match)",
-               xlim=(-0.02, 1.02), ylim=(0, 1.01))
-        ax.legend(loc="upper left", fontsize=8)
-    next(iter(panels.values())).set_ylabel("fraction of features ≤ p̂")
-    _save(fig, out)
+    _finish_panels(fig, panels, out, xlabel="stability p̂ (share of other seeds with a match)",
+                   ylabel="fraction of features ≤ p̂", ylim=(0, 1.01), xlim=(-0.02, 1.02))
 
 
 def p_hat_hist(configs: Sequence[Config], out: str | Path) -> None:
@@ -95,11 +102,8 @@ def stability_vs_frequency(configs: Sequence[Config], out: str | Path) -> None:
         centers = 0.5 * (edges[1:] + edges[:-1])
         means = [p[idx == i].mean() if np.any(idx == i) else np.nan for i in range(len(centers))]
         panels[c["weights"]].plot(centers, means, marker="o", ms=3, label=_label(c))
-    for w, ax in panels.items():
-        ax.set(title=f"{w} weights", xlabel="log10 firing frequency (eval)", ylim=(-0.02, 1.02))
-        ax.legend(fontsize=8)
-    next(iter(panels.values())).set_ylabel("mean p̂ in bin")
-    _save(fig, out)
+    _finish_panels(fig, panels, out, xlabel="log10 firing frequency (eval)",
+                   ylabel="mean p̂ in bin")
 
 
 def theta_sweep(configs: Sequence[Config], out: str | Path) -> None:
@@ -112,11 +116,8 @@ def theta_sweep(configs: Sequence[Config], out: str | Path) -> None:
         ax = panels[c["weights"]]
         ax.plot(sw.index, sw["stable"], color=f"C{i}", label=f"{_label(c)} stable")
         ax.plot(sw.index, sw["unstable"], color=f"C{i}", ls="--", label=f"{_label(c)} unstable")
-    for w, ax in panels.items():
-        ax.set(title=f"{w} weights", xlabel="match threshold θ", ylim=(-0.02, 1.02))
-        ax.legend(fontsize=7)
-    next(iter(panels.values())).set_ylabel("fraction of features")
-    _save(fig, out)
+    _finish_panels(fig, panels, out, xlabel="match threshold θ", ylabel="fraction of features",
+                   legend_size=7)
 
 
 def labels_vs_n(configs: Sequence[Config], out: str | Path) -> None:
@@ -130,11 +131,8 @@ def labels_vs_n(configs: Sequence[Config], out: str | Path) -> None:
         ax = panels[c["weights"]]
         ax.errorbar(m.index, m.values, yerr=sd.values, marker="o", ms=3, capsize=2,
                     label=_label(c))
-    for w, ax in panels.items():
-        ax.set(title=f"{w} weights", xlabel="seeds used for p̂ (n)", ylim=(0, 1.02))
-        ax.legend(fontsize=8)
-    next(iter(panels.values())).set_ylabel("label agreement with all N seeds")
-    _save(fig, out)
+    _finish_panels(fig, panels, out, xlabel="seeds used for p̂ (n)",
+                   ylabel="label agreement with all N seeds", ylim=(0, 1.02))
 
 
 def training_length(configs: Sequence[Config], out: str | Path) -> None:
