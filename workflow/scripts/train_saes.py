@@ -36,10 +36,10 @@ for seeds, data_seed in runs:
         checkpoint_dir=work / f"checkpoint-seeds{'-'.join(map(str, seeds))}",
         checkpoint_every=p.checkpoint_every, snapshots_at_epochs=p.snapshots,
     )
+    # (the loss curve is in each SAE's training.json; this keeps the job-level timing)
     summaries.append({"init_seeds": seeds, "data_seed": data_seed, "steps": result.steps,
                       "resumed_from": result.resumed_from, "seconds": result.seconds,
-                      "tokens_per_second_per_sae": result.tokens_per_second_per_sae,
-                      "history": result.history})
+                      "tokens_per_second_per_sae": result.tokens_per_second_per_sae})
 
 # Evaluate every saved SAE (final and snapshots) on the eval split, beside its weights.
 sae_dirs = sorted(d.parent for d in staging.rglob("cfg.json"))
