@@ -9,53 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from . import io, stability  # noqa: E402
-
-Config = dict[str, Any]
-WEIGHTS_ORDER = ("trained", "random")
-
-
-def _style() -> None:
-    sns.set_theme(context="paper", style="whitegrid", font_scale=1.05)
-
-
-def _label(c: Config) -> str:
-    return f"{c['variant']}" if c.get("single_model", True) else \
-        f"{c['model']} {c['hook']} {c['variant']}"
-
-
-def _save(fig: plt.Figure, out: str | Path) -> None:
-    with io.atomic_path(out, suffix=Path(out).suffix) as tmp:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format=Path(out).suffix.lstrip("."))
-    plt.close(fig)
-
-
-def _weights_panels(configs: Sequence[Config]) -> tuple[plt.Figure, dict[str, plt.Axes]]:
-    weights = [w for w in WEIGHTS_ORDER if any(c["weights"] == w for c in configs)]
-    fig, axes = plt.subplots(1, len(weights), figsize=(4.6 * len(weights), 3.6), squeeze=False,
-                             sharey=True)
-    return fig, dict(zip(weights, axes[0], strict=True))
-
-
-def _finish_panels(fig: plt.Figure, panels: dict[str, plt.Axes], out: str | Path, *,
-                   xlabel: str, ylabel: str, ylim: tuple[float, float] = (-0.02, 1.02),
-                   legend_size: int = 8, **axes_kw: Any) -> None:
-    """Title, labels and legend of each weights panel; the y label on the first; save."""
-    for w, ax in panels.items():
-        ax.set(title=f"{w} weights", xlabel=xlabel, ylim=ylim, **axes_kw)
-        ax.legend(loc="best", fontsize=legend_size)
-    next(iter(panels.values())).set_ylabel(ylabel)
-    _save(fig, out)
+from .. import stability
+from .base import Config, finish_panels, label, save, style, weights_panels
 
 
 def _features(c: Config) -> pd.DataFrame:
@@ -64,19 +24,19 @@ def _features(c: Config) -> pd.DataFrame:
 
 def stability_cdf(configs: Sequence[Config], out: str | Path) -> None:
     """Empirical CDF of p̂ over features (all anchors pooled), trained and random side by side."""
-    _style()
-    fig, panels = _weights_panels(configs)
+    style()
+    fig, panels = weights_panels(configs)
     for c in configs:
         df = _features(c)
         x, F = stability.ecdf(df["p_hat"].to_numpy())
-        panels[c["weights"]].step(np.r_[0, x], np.r_[0, F], where="post", label=_label(c))
-    _finish_panels(fig, panels, out, xlabel="stability p̂ (share of other seeds with a match)",
+        panels[c["weights"]].step(np.r_[0, x], np.r_[0, F], where="post", label=label(c))
+    finish_panels(fig, panels, out, xlabel="stability p̂ (share of other seeds with a match)",
                    ylabel="fraction of features ≤ p̂", ylim=(0, 1.01), xlim=(-0.02, 1.02))
 
 
 def p_hat_hist(configs: Sequence[Config], out: str | Path) -> None:
     """Histogram of p̂ per configuration (U-shape: stable and unstable modes)."""
-    _style()
+    style()
     n = len(configs)
     fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.0), squeeze=False, sharey=False)
     for ax, c in zip(axes[0], configs, strict=True):
@@ -84,13 +44,13 @@ def p_hat_hist(configs: Sequence[Config], out: str | Path) -> None:
         N = int(df["N"].iloc[0])
         ax.hist(df["p_hat"], bins=np.linspace(-0.5 / N, 1 + 0.5 / N, N + 2), color="C0")
         ax.set(title=f"{c['weights']}: {c['variant']}", xlabel="p̂", ylabel="features")
-    _save(fig, out)
+    save(fig, out)
 
 
 def stability_vs_frequency(configs: Sequence[Config], out: str | Path) -> None:
     """Mean p̂ within log-frequency bins (eval-split firing frequency of each anchor feature)."""
-    _style()
-    fig, panels = _weights_panels(configs)
+    style()
+    fig, panels = weights_panels(configs)
     for c in configs:
         df = _features(c)
         f = df["firing_frequency"].to_numpy()
@@ -101,43 +61,43 @@ def stability_vs_frequency(configs: Sequence[Config], out: str | Path) -> None:
         p = df["p_hat"].to_numpy()[live]
         centers = 0.5 * (edges[1:] + edges[:-1])
         means = [p[idx == i].mean() if np.any(idx == i) else np.nan for i in range(len(centers))]
-        panels[c["weights"]].plot(centers, means, marker="o", ms=3, label=_label(c))
-    _finish_panels(fig, panels, out, xlabel="log10 firing frequency (eval)",
+        panels[c["weights"]].plot(centers, means, marker="o", ms=3, label=label(c))
+    finish_panels(fig, panels, out, xlabel="log10 firing frequency (eval)",
                    ylabel="mean p̂ in bin")
 
 
 def theta_sweep(configs: Sequence[Config], out: str | Path) -> None:
     """Stable and unstable fractions as the match threshold θ varies (mean over anchors)."""
-    _style()
-    fig, panels = _weights_panels(configs)
+    style()
+    fig, panels = weights_panels(configs)
     for i, c in enumerate(configs):
         sw = stability.read_table(Path(c["dir"]) / "sweeps.parquet")
         sw = sw[sw["sweep"] == "theta"].groupby("theta")[["stable", "unstable"]].mean()
         ax = panels[c["weights"]]
-        ax.plot(sw.index, sw["stable"], color=f"C{i}", label=f"{_label(c)} stable")
-        ax.plot(sw.index, sw["unstable"], color=f"C{i}", ls="--", label=f"{_label(c)} unstable")
-    _finish_panels(fig, panels, out, xlabel="match threshold θ", ylabel="fraction of features",
+        ax.plot(sw.index, sw["stable"], color=f"C{i}", label=f"{label(c)} stable")
+        ax.plot(sw.index, sw["unstable"], color=f"C{i}", ls="--", label=f"{label(c)} unstable")
+    finish_panels(fig, panels, out, xlabel="match threshold θ", ylabel="fraction of features",
                    legend_size=7)
 
 
 def labels_vs_n(configs: Sequence[Config], out: str | Path) -> None:
     """Agreement of labels from n seeds with the labels from all N (how many seeds suffice)."""
-    _style()
-    fig, panels = _weights_panels(configs)
+    style()
+    fig, panels = weights_panels(configs)
     for c in configs:
         ns = stability.read_table(Path(c["dir"]) / "n_subsample.parquet")
         g = ns.groupby("n")["agreement"]
         m, sd = g.mean(), g.std(ddof=1).fillna(0)
         ax = panels[c["weights"]]
         ax.errorbar(m.index, m.values, yerr=sd.values, marker="o", ms=3, capsize=2,
-                    label=_label(c))
-    _finish_panels(fig, panels, out, xlabel="seeds used for p̂ (n)",
+                    label=label(c))
+    finish_panels(fig, panels, out, xlabel="seeds used for p̂ (n)",
                    ylabel="label agreement with all N seeds", ylim=(0, 1.02))
 
 
 def training_length(configs: Sequence[Config], out: str | Path) -> None:
     """Stable / unstable fractions and EV against training epochs (snapshots)."""
-    _style()
+    style()
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
     for i, c in enumerate(configs):
         tl = pd.read_csv(Path(c["dir"]) / "training_length.csv")
@@ -156,7 +116,7 @@ def training_length(configs: Sequence[Config], out: str | Path) -> None:
     axes[1].set(ylabel="explained variance (eval)", title="EV vs training length")
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
-    _save(fig, out)
+    save(fig, out)
 
 
 FIGURES: dict[str, Callable[[Sequence[Config], str | Path], None]] = {
@@ -204,7 +164,7 @@ def table1_markdown(df: pd.DataFrame) -> str:
 
 def table1_figure(df: pd.DataFrame, out: str | Path) -> None:
     """Stable/unstable % against EV, one point per configuration (the paper's trade-off)."""
-    _style()
+    style()
     fig, ax = plt.subplots(figsize=(5, 3.8))
     for i, r in enumerate(df.itertuples(index=False)):
         ax.errorbar(r.EV, r.stable_pct, yerr=r.stable_sd, xerr=r.EV_sd, marker="o", color=f"C{i}",
@@ -215,4 +175,4 @@ def table1_figure(df: pd.DataFrame, out: str | Path) -> None:
     ax.set(xlabel="explained variance (eval)", ylabel="% of features",
            title="stability vs explained variance")
     ax.legend(fontsize=7)
-    _save(fig, out)
+    save(fig, out)
