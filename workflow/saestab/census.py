@@ -47,6 +47,12 @@ def seed_dirs(group_dirs: Sequence[str | Path], epoch: int | None = None) -> lis
     return [found[s] for s in sorted(found)]
 
 
+def seed_map(group_dirs: Sequence[str | Path], epoch: int | None = None) -> dict[int, Path]:
+    """``{seed: directory}`` of the saved SAEs of a configuration (see :func:`seed_dirs`)."""
+    return {int(_SEED_DIR.match(d.name).group(1)): d  # type: ignore[union-attr]
+            for d in seed_dirs(group_dirs, epoch)}
+
+
 def snapshot_epochs(group_dirs: Sequence[str | Path]) -> list[int]:
     """Epochs for which every group holds snapshots."""
     sets = []

@@ -63,6 +63,23 @@ def clopper_pearson_interval(x: Any, n: Any, alpha: float = 0.05
 _INTERVALS = {"wilson": wilson_interval, "clopper-pearson": clopper_pearson_interval}
 
 
+def mean_interval(values: Any, alpha: float = 0.05) -> dict[str, float]:
+    """Mean of ``values`` (e.g. one number per anchor SAE) with a Student-t interval of the mean,
+    the standard deviation, the range and ``n`` (NaNs dropped; interval NaN when n < 2)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[~np.isnan(v)]
+    n = int(v.size)
+    if n == 0:
+        nan = float("nan")
+        return {"mean": nan, "std": nan, "ci_low": nan, "ci_high": nan, "min": nan, "max": nan,
+                "n": 0}
+    mean = float(v.mean())
+    sd = float(v.std(ddof=1)) if n > 1 else float("nan")
+    half = float(stats.t.ppf(1 - alpha / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+    return {"mean": mean, "std": sd, "ci_low": mean - half, "ci_high": mean + half,
+            "min": float(v.min()), "max": float(v.max()), "n": n}
+
+
 # ------------------------------------------------------------------------------------------
 # counts and labels
 # ------------------------------------------------------------------------------------------

@@ -1,0 +1,363 @@
+"""Functional impact of feature sets (claim C3): zero a set's activations before decoding.
+
+For an SAE and a set ``S`` of its features, the masked reconstruction is
+``x_hat_S = x_hat - sum_{j in S} f_j(x) W_dec[j]`` (the SAE's own encoding, with ``f_j`` set to zero
+for ``j in S``; a TopK SAE does not re-select its top k). Two measurements:
+
+* **Delta EV** on a cache: ``EV(x_hat) - EV(x_hat_S)`` with EV as in :mod:`saestab.evaluation`
+  (all sets accumulated in one pass over the data).
+* **Delta CE and KL** in the model: the hook's activations are replaced by the masked
+  reconstruction (``keep_error=False``) or by ``x - sum_{j in S} f_j W_dec[j]``, i.e. the masked
+  reconstruction plus the SAE's error term (``keep_error=True``, so only the features' own effect
+  is measured); the next-token cross-entropy and ``KL(clean || patched)`` are compared with the
+  clean run. Positions left alone: the first of each context (BOS) and any position whose
+  activation norm exceeds ``outlier_threshold`` (the cache's own outlier rule; the SAE never saw
+  those rows). Losses are averaged over predictions from position 1 on.
+
+Feature sets (:func:`masking_sets`): all stable, all unstable; a **mass-matched** pair (unstable
+features drawn at random until their total activation mass equals the stable set's, so that the
+comparison is not simply "more mass removed"; if the unstable features together carry less mass
+than the stable ones, stable features are drawn down to the unstable total instead); and random
+sets with the same counts as the matched pair (features of any label).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import io
+from .activations import ActivationCache
+from .logs import get_logger, progress
+from .sae import SAE
+
+log = get_logger("masking")
+
+SET_ORDER = ("stable", "unstable", "stable_matched", "unstable_matched", "random_n_stable",
+             "random_n_unstable")
+
+
+# ------------------------------------------------------------------------------------------
+# feature sets
+# ------------------------------------------------------------------------------------------
+def mass_matched_subset(candidates: np.ndarray, mass: np.ndarray, target: float,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Features drawn from ``candidates`` at random until their total mass matches ``target``.
+
+    First fit in a random order: a feature is taken when it does not carry the total past
+    ``target``; the one remaining feature that brings the total closest to ``target`` is then
+    added if that helps. The draw stays random, and the total lands within a small fraction of
+    the target whenever the candidates are many (a single feature heavier than the gap left is
+    the only source of error).
+    """
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if candidates.size == 0 or target <= 0:
+        return candidates[:0]
+    order = rng.permutation(candidates)
+    w = mass[order]
+    take = np.zeros(order.size, dtype=bool)
+    total = 0.0
+    for i, mi in enumerate(w):
+        if total + mi <= target:
+            take[i] = True
+            total += mi
+    rest = np.nonzero(~take)[0]
+    if rest.size:
+        best = rest[np.argmin(np.abs(total + w[rest] - target))]
+        if abs(total + w[best] - target) < abs(total - target):
+            take[best] = True
+    return np.sort(order[take])
+
+
+@dataclass
+class FeatureSets:
+    """Named feature sets of one anchor SAE and how they were drawn."""
+
+    sets: dict[str, np.ndarray]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def masking_sets(labels: Sequence[str] | np.ndarray, mass: np.ndarray,
+                 rng: np.random.Generator) -> FeatureSets:
+    """The standard masking sets (see module docstring) from per-feature labels and masses."""
+    labels = np.asarray(labels).astype(str)
+    mass = np.asarray(mass, dtype=np.float64)
+    if labels.shape != mass.shape:
+        raise ValueError(f"labels {labels.shape} and mass {mass.shape} differ in shape")
+    stable = np.nonzero(labels == "stable")[0]
+    unstable = np.nonzero(labels == "unstable")[0]
+    m_stable, m_unstable = float(mass[stable].sum()), float(mass[unstable].sum())
+    if m_unstable >= m_stable:
+        stable_m = stable
+        unstable_m = mass_matched_subset(unstable, mass, m_stable, rng)
+        matched_side = "unstable"
+    else:
+        unstable_m = unstable
+        stable_m = mass_matched_subset(stable, mass, m_unstable, rng)
+        matched_side = "stable"
+    everything = np.arange(labels.size)
+    sets = {
+        "stable": stable,
+        "unstable": unstable,
+        "stable_matched": stable_m,
+        "unstable_matched": unstable_m,
+        "random_n_stable": np.sort(rng.choice(everything, size=stable_m.size, replace=False)),
+        "random_n_unstable": np.sort(rng.choice(everything, size=unstable_m.size,
+                                                replace=False)),
+    }
+    ms, mu = float(mass[stable_m].sum()), float(mass[unstable_m].sum())
+    info = {
+        "n_features": int(labels.size),
+        "mass_total": float(mass.sum()),
+        "mass_stable": m_stable,
+        "mass_unstable": m_unstable,
+        "matched_side": matched_side,
+        "mass_stable_matched": ms,
+        "mass_unstable_matched": mu,
+        "mass_match_error": (abs(mu - ms) / ms) if ms > 0 else float("nan"),
+        # how many times more unstable than stable features carry the same activation mass
+        "count_ratio": (unstable_m.size / stable_m.size) if stable_m.size else float("nan"),
+    }
+    return FeatureSets(sets=sets, info=info)
+
+
+def _index(sets: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(np.asarray(v, dtype=np.int64), device=device)
+            for k, v in sets.items()}
+
+
+def _masked(f: torch.Tensor, x_hat: torch.Tensor, w_dec: torch.Tensor,
+            idx: torch.Tensor) -> torch.Tensor:
+    """``x_hat`` minus the contribution of the features ``idx`` (zeroed before decoding)."""
+    if idx.numel() == 0:
+        return x_hat
+    return x_hat - f.index_select(-1, idx) @ w_dec.index_select(0, idx)
+
+
+# ------------------------------------------------------------------------------------------
+# explained variance
+# ------------------------------------------------------------------------------------------
+@torch.no_grad()
+def masked_ev(sae: SAE, cache: ActivationCache, sets: Mapping[str, np.ndarray], *,
+              batch_size: int = 4096, device: str | torch.device = "cpu",
+              max_tokens: int | None = None) -> dict[str, float]:
+    """EV of the reconstruction with each set masked, plus ``none`` (nothing masked) and ``all``
+    (every feature masked: the reconstruction is ``b_dec``). One pass over the cache."""
+    device = torch.device(device)
+    sae = sae.to(device).eval()
+    n = cache.n_tokens if max_tokens is None else min(max_tokens, cache.n_tokens)
+    if n <= 0:
+        raise io.InputError(f"{cache.path}: no tokens to evaluate")
+    idx = _index(sets, device)
+    names = ["none", *idx, "all"]
+    sse = {k: torch.zeros((), dtype=torch.float64, device=device) for k in names}
+    s1 = torch.zeros(cache.d, dtype=torch.float64, device=device)
+    s2 = torch.zeros((), dtype=torch.float64, device=device)
+    w_dec = sae.W_dec.float()
+    b_dec = sae.b_dec.float()
+    starts = range(0, n, batch_size)
+    for start in progress(starts, total=len(starts), desc="masked EV", unit="batch"):
+        x = torch.from_numpy(cache.load(start, min(start + batch_size, n))).to(device)
+        f = sae.encode(x).float()
+        x_hat = f @ w_dec + b_dec
+        x64 = x.double()
+        s1 += x64.sum(0)
+        s2 += x64.pow(2).sum()
+        sse["none"] += (x - x_hat).double().pow(2).sum()
+        sse["all"] += (x - b_dec).double().pow(2).sum()
+        for k, i in idx.items():
+            sse[k] += (x - _masked(f, x_hat, w_dec, i)).double().pow(2).sum()
+    centered = float(s2 - s1.pow(2).sum() / n)
+    return {k: 1.0 - float(v) / centered for k, v in sse.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# spliced next-token loss
+# ------------------------------------------------------------------------------------------
+RunClean = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""tokens (B, T) -> (logits (B, T, V), activations at the hook (B, T, d)), clean run."""
+RunPatched = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(tokens, replacement activations at the hook) -> logits of the patched run."""
+
+
+def bridge_runners(bridge: Any, hook: str) -> tuple[RunClean, RunPatched]:
+    """Clean and patched runs of a transformer-lens ``TransformerBridge`` at ``hook``."""
+
+    def clean(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, cache = bridge.run_with_cache(tokens, names_filter=[hook])
+        return logits, cache[hook]
+
+    def patched(tokens: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+        def replace(x: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001
+            return acts.to(dtype=x.dtype)
+
+        return bridge.run_with_hooks(tokens, fwd_hooks=[(hook, replace)])
+
+    return clean, patched
+
+
+def _loss_terms(logits: torch.Tensor, tokens: torch.Tensor,
+                clean_logp: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token CE and KL(clean || this) over predictions from position 1 on."""
+    logp = torch.log_softmax(logits[:, 1:-1].double(), dim=-1)
+    target = tokens[:, 2:].to(logits.device)
+    ce = -logp.gather(-1, target.unsqueeze(-1)).sum()
+    if clean_logp is None:
+        return ce, torch.zeros((), dtype=torch.float64, device=logits.device)
+    kl = (clean_logp.exp() * (clean_logp - logp)).sum()
+    return ce, kl
+
+
+@torch.no_grad()
+def spliced_loss(run_clean: RunClean, run_patched: RunPatched, sae: SAE, contexts: np.ndarray,
+                 sets: Mapping[str, np.ndarray], *, outlier_threshold: float | None = None,
+                 error_modes: Sequence[bool] = (True, False), batch_size: int = 4,
+                 device: str | torch.device = "cpu") -> pd.DataFrame:
+    """Next-token CE and KL to the clean run with each set masked and spliced in at the hook.
+
+    Returns one row per (set, keep_error), sets including ``none`` (nothing masked), with the
+    clean CE beside it: ``set, keep_error, n_features, ce, ce_clean, delta_ce, kl,
+    n_predictions, n_patched``.
+    """
+    device = torch.device(device)
+    sae = sae.to(device).eval()
+    contexts = np.asarray(contexts, dtype=np.int64)
+    if contexts.ndim != 2 or contexts.shape[1] < 3:
+        raise ValueError(f"contexts must be (n, T>=3) token ids, got shape {contexts.shape}")
+    idx = _index({"none": np.zeros(0, dtype=np.int64), **sets}, device)
+    w_dec, b_dec = sae.W_dec.float(), sae.b_dec.float()
+    conds = [(k, e) for k in idx for e in error_modes]
+    ce = {c: 0.0 for c in conds}
+    kl = {c: 0.0 for c in conds}
+    ce_clean, n_pred, n_patched = 0.0, 0, 0
+    starts = range(0, len(contexts), batch_size)
+    for start in progress(starts, total=len(starts), desc="spliced loss", unit="batch"):
+        tokens = torch.from_numpy(contexts[start:start + batch_size]).to(device)
+        logits, acts = run_clean(tokens)
+        x = acts.float()
+        clean_logp = torch.log_softmax(logits[:, 1:-1].double(), dim=-1)
+        c_ce, _ = _loss_terms(logits, tokens, None)
+        ce_clean += float(c_ce)
+        n_pred += int(tokens.shape[0] * (tokens.shape[1] - 2))
+        patch = torch.ones(x.shape[:2], dtype=torch.bool, device=device)
+        patch[:, 0] = False
+        if outlier_threshold is not None:
+            patch &= x.norm(dim=-1) <= outlier_threshold
+        n_patched += int(patch.sum())
+        f = sae.encode(x).float()
+        x_hat = f @ w_dec + b_dec
+        for k, i in idx.items():
+            removed = x_hat - _masked(f, x_hat, w_dec, i)
+            for keep_error in error_modes:
+                new = (x - removed) if keep_error else (x_hat - removed)
+                new = torch.where(patch.unsqueeze(-1), new, x)
+                c, d = _loss_terms(run_patched(tokens, new), tokens, clean_logp)
+                ce[(k, keep_error)] += float(c)
+                kl[(k, keep_error)] += float(d)
+    rows = []
+    for k, e in conds:
+        rows.append({"set": k, "keep_error": e, "n_features": int(idx[k].numel()),
+                     "ce": ce[(k, e)] / n_pred, "ce_clean": ce_clean / n_pred,
+                     "delta_ce": (ce[(k, e)] - ce_clean) / n_pred, "kl": kl[(k, e)] / n_pred,
+                     "n_predictions": n_pred, "n_patched": n_patched})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------
+# one configuration
+# ------------------------------------------------------------------------------------------
+def run_masking(seed_dirs: Mapping[int, Any], features: pd.DataFrame, cache: ActivationCache, *,
+                anchors: Sequence[int], runners: tuple[RunClean, RunPatched] | None = None,
+                ce_contexts: np.ndarray | None = None, outlier_threshold: float | None = None,
+                seed: int = 0, batch_size: int = 4096, ce_batch_size: int = 4,
+                device: str | torch.device = "cpu",
+                load: Callable[[Any], SAE] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Masking on every anchor SAE of one configuration.
+
+    ``seed_dirs`` maps a seed to its saved SAE; ``features`` is the census table (``seed,
+    feature, label, activation_mass``); ``anchors`` are the seeds used as anchors. With
+    ``runners`` and ``ce_contexts`` the spliced CE/KL is measured too. Returns a table with one
+    row per (seed, set) and a summary: per set the mean and t-interval across anchors, the
+    count ratio of the mass-matched sets, and the paired contrast stable_matched minus
+    unstable_matched per anchor.
+    """
+    from .sae import load_sae
+
+    load = load or (lambda p: load_sae(p, device=device))
+    rng = np.random.default_rng(seed)
+    rows, infos = [], []
+    for s in anchors:
+        if s not in seed_dirs:
+            raise io.InputError(f"anchor seed {s} has no saved SAE (have {sorted(seed_dirs)})")
+        feats = features[features["seed"] == s].sort_values("feature")
+        if feats.empty:
+            raise io.InputError(f"the census table has no rows for anchor seed {s}")
+        sae = load(seed_dirs[s])
+        if len(feats) != sae.cfg.d_sae:
+            raise io.InputError(f"census rows for seed {s}: {len(feats)}, the SAE has "
+                                f"{sae.cfg.d_sae} features")
+        mass = feats["activation_mass"].to_numpy(np.float64)
+        fs = masking_sets(feats["label"].astype(str).to_numpy(), mass, rng)
+        infos.append({"seed": s, **fs.info})
+        log.info("seed %d: %d stable, %d unstable; mass-matched %d vs %d features (ratio %.2f, "
+                 "mass error %.3f)", s, fs.sets["stable"].size, fs.sets["unstable"].size,
+                 fs.sets["stable_matched"].size, fs.sets["unstable_matched"].size,
+                 fs.info["count_ratio"], fs.info["mass_match_error"])
+        ev = masked_ev(sae, cache, fs.sets, batch_size=batch_size, device=device)
+        ce = None
+        if runners is not None and ce_contexts is not None and len(ce_contexts):
+            ce = spliced_loss(*runners, sae, ce_contexts, fs.sets,
+                              outlier_threshold=outlier_threshold, batch_size=ce_batch_size,
+                              device=device)
+        for name in ("none", *fs.sets, "all"):
+            ids = fs.sets.get(name)
+            n = sae.cfg.d_sae if name == "all" else (0 if ids is None else ids.size)
+            row = {"seed": s, "set": name, "n_features": int(n),
+                   "mass": float(mass.sum() if name == "all" else
+                                 (0.0 if ids is None else mass[ids].sum())),
+                   "ev": ev[name], "delta_ev": ev["none"] - ev[name]}
+            if ce is not None and name != "all":
+                for keep_error, tag in ((True, "err"), (False, "noerr")):
+                    r = ce[(ce["set"] == name) & (ce["keep_error"] == keep_error)].iloc[0]
+                    row[f"delta_ce_{tag}"] = float(r["delta_ce"])
+                    row[f"kl_{tag}"] = float(r["kl"])
+                    row["ce_clean"] = float(r["ce_clean"])
+                    row["n_predictions"] = int(r["n_predictions"])
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    return table, summarize(table, pd.DataFrame(infos))
+
+
+def summarize(table: pd.DataFrame, infos: pd.DataFrame) -> dict[str, Any]:
+    """Means and t-intervals across anchors of every measure, per set, and the C3 contrasts."""
+    from .stability import mean_interval
+
+    metrics = [c for c in ("delta_ev", "ev", "delta_ce_err", "kl_err", "delta_ce_noerr",
+                           "kl_noerr", "n_features", "mass") if c in table]
+    sets = {name: {m: mean_interval(g[m]) for m in metrics}
+            for name, g in table.groupby("set", sort=False)}
+    wide = {m: table.pivot(index="seed", columns="set", values=m) for m in metrics}
+    contrasts: dict[str, Any] = {}
+    for m in ("delta_ev", "delta_ce_err", "kl_err", "delta_ce_noerr"):
+        if m not in wide:
+            continue
+        a, b = wide[m]["stable_matched"], wide[m]["unstable_matched"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            contrasts[m] = {"difference": mean_interval(a - b),
+                            "ratio": mean_interval((a / b).replace([np.inf, -np.inf], np.nan))}
+    return {
+        "anchors": sorted(int(s) for s in table["seed"].unique()),
+        "sets": sets,
+        "matched": {
+            "count_ratio": mean_interval(infos["count_ratio"]),
+            "mass_match_error_max": float(infos["mass_match_error"].max()),
+            "matched_side": sorted(set(infos["matched_side"])),
+        },
+        "stable_vs_unstable_matched": contrasts,
+        "ce_clean": float(table["ce_clean"].iloc[0]) if "ce_clean" in table else None,
+    }
