@@ -109,3 +109,11 @@ def test_run_surface_contexts_and_browser(tmp_path: Path, cache: ActivationCache
                                 .assign(anchor=0), "test <browser>")
     assert "<mark>.</mark>" in html and "test &lt;browser&gt;" in html
     assert html.index("stable") < html.index("unstable")
+
+
+def test_compare_labels_without_enough_features_is_empty_not_an_error() -> None:
+    t = pd.DataFrame({"label": ["stable", "unstable", "unstable"], "frequency": [0.1, 0.2, 0.3],
+                      "top_token_share": [0.1, 0.2, 0.3]})
+    comp = surface.compare_labels(t, metrics=["top_token_share"])
+    assert comp.empty and "metric" in comp.columns
+    assert np.isnan(surface.binned_difference(comp, "top_token_share"))

@@ -251,14 +251,18 @@ def spliced_loss(run_clean: RunClean, run_patched: RunPatched, sae: SAE, context
         n_patched += int(patch.sum())
         f = sae.encode(x).float()
         x_hat = f @ w_dec + b_dec
+        done: dict[tuple[bytes, bool], tuple[float, float]] = {}  # identical sets run once
         for k, i in idx.items():
             removed = x_hat - _masked(f, x_hat, w_dec, i)
             for keep_error in error_modes:
-                new = (x - removed) if keep_error else (x_hat - removed)
-                new = torch.where(patch.unsqueeze(-1), new, x)
-                c, d = _loss_terms(run_patched(tokens, new), tokens, clean_logp)
-                ce[(k, keep_error)] += float(c)
-                kl[(k, keep_error)] += float(d)
+                key = (i.cpu().numpy().tobytes(), keep_error)
+                if key not in done:
+                    new = (x - removed) if keep_error else (x_hat - removed)
+                    new = torch.where(patch.unsqueeze(-1), new, x)
+                    c, d = _loss_terms(run_patched(tokens, new), tokens, clean_logp)
+                    done[key] = (float(c), float(d))
+                ce[(k, keep_error)] += done[key][0]
+                kl[(k, keep_error)] += done[key][1]
     rows = []
     for k, e in conds:
         rows.append({"set": k, "keep_error": e, "n_features": int(idx[k].numel()),

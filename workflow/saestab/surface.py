@@ -196,7 +196,10 @@ def compare_labels(table: pd.DataFrame, metrics: Sequence[str] = METRICS,
                          "median_unstable": float(np.median(c)),
                          "mean_stable": float(a.mean()), "mean_unstable": float(c.mean()),
                          "ks": float(ks.statistic), "ks_p": float(ks.pvalue)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["bin", "log10_freq_low", "log10_freq_high", "metric",
+                                       "n_stable", "n_unstable", "median_stable",
+                                       "median_unstable", "mean_stable", "mean_unstable", "ks",
+                                       "ks_p"])
 
 
 def binned_difference(comparison: pd.DataFrame, metric: str) -> float:

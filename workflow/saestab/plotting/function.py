@@ -1,0 +1,137 @@
+"""Figures of the functional and surface-form analysis (claims C3, C4), trained and random weights
+side by side. A configuration is a dict with ``model, weights, hook, variant`` and ``dir``, the
+directory the masking and surface rules wrote (``masking.parquet``, ``features.parquet``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .. import stability
+from ..masking import SET_ORDER
+from ..surface import frequency_bins
+from .base import WEIGHTS_ORDER, Config, finish_panels, label, save, style, weights_panels
+
+SET_LABELS = {
+    "stable": "all stable", "unstable": "all unstable", "stable_matched": "stable (matched)",
+    "unstable_matched": "unstable (mass-matched)", "random_n_stable": "random, n(stable)",
+    "random_n_unstable": "random, n(unstable)",
+}
+
+
+def _summary(c: Config) -> dict:
+    return json.loads((Path(c["dir"]) / "masking_summary.json").read_text())
+
+
+def _bars(configs: Sequence[Config], out: str | Path, metrics: Sequence[tuple[str, str]],
+          ) -> None:
+    """Grouped bars of ``metric`` per feature set (mean and t-interval over anchors): one row
+    per metric, one column per weights, one colour per configuration."""
+    style()
+    weights = [w for w in WEIGHTS_ORDER if any(c["weights"] == w for c in configs)]
+    fig, axes = plt.subplots(len(metrics), len(weights), figsize=(5.6 * len(weights),
+                             3.3 * len(metrics)), squeeze=False)
+    x = np.arange(len(SET_ORDER))
+    for col, w in enumerate(weights):
+        cs = [c for c in configs if c["weights"] == w]
+        width = 0.8 / max(len(cs), 1)
+        for row, (metric, ylabel) in enumerate(metrics):
+            ax = axes[row, col]
+            for i, c in enumerate(cs):
+                sets = _summary(c)["sets"]
+                if metric not in sets.get("none", {}):
+                    continue
+                mean = np.array([sets[s][metric]["mean"] for s in SET_ORDER])
+                lo = np.array([sets[s][metric]["ci_low"] for s in SET_ORDER])
+                hi = np.array([sets[s][metric]["ci_high"] for s in SET_ORDER])
+                err = np.nan_to_num(np.vstack([mean - lo, hi - mean]))
+                ax.bar(x + (i - (len(cs) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
+                       color=f"C{i}", label=label(c))
+            ax.axhline(0, color="k", lw=0.6)
+            ax.set_xticks(x, [SET_LABELS[s] for s in SET_ORDER] if row == len(metrics) - 1
+                          else [""] * len(x), rotation=30, ha="right")
+            ax.set_ylabel(ylabel)
+            if row == 0:
+                ax.set_title(f"{w} weights")
+                ax.legend(fontsize=8)
+    save(fig, out)
+
+
+def masking_ev(configs: Sequence[Config], out: str | Path) -> None:
+    """Drop in explained variance when each feature set is masked."""
+    _bars(configs, out, [("delta_ev", "ΔEV (eval split)")])
+
+
+def masking_ce(configs: Sequence[Config], out: str | Path) -> None:
+    """Rise in next-token cross-entropy with the masked reconstruction spliced in, with the SAE
+    error term kept (only the features' effect) and without it."""
+    _bars(configs, out, [("delta_ce_err", "ΔCE, error term kept (nats)"),
+                         ("delta_ce_noerr", "ΔCE, reconstruction only (nats)")])
+
+
+def _features(c: Config) -> pd.DataFrame:
+    return stability.read_table(Path(c["dir"]) / "features.parquet")
+
+
+def frequency(configs: Sequence[Config], out: str | Path) -> None:
+    """Distribution of log10 firing frequency of stable and unstable features (all anchors)."""
+    style()
+    fig, panels = weights_panels(configs)
+    for i, c in enumerate(configs):
+        df = _features(c)
+        live = df[df["frequency"] > 0]
+        edges = np.linspace(np.log10(live["frequency"].min()), 0, 30)
+        for lab, ls in (("stable", "-"), ("unstable", "--")):
+            v = np.log10(live.loc[live["label"] == lab, "frequency"])
+            if len(v):
+                panels[c["weights"]].hist(v, bins=edges, density=True, histtype="step", ls=ls,
+                                          color=f"C{i}", lw=1.4, label=f"{label(c)} {lab}")
+    finish_panels(fig, panels, out, xlabel="log10 firing frequency", ylabel="density",
+                  ylim=(0, None), legend_size=7)
+
+
+def surface_form(configs: Sequence[Config], out: str | Path) -> None:
+    """Top-token share and punctuation share of stable and unstable features within
+    log-frequency bins (the frequency-matched view of surface form)."""
+    style()
+    weights = [w for w in WEIGHTS_ORDER if any(c["weights"] == w for c in configs)]
+    metrics = [("top_token_share", "share of top activations\non the most common token"),
+               ("punct_share", "share of top activations\non punctuation")]
+    fig, axes = plt.subplots(len(metrics), len(weights), figsize=(4.8 * len(weights), 6.4),
+                             squeeze=False, sharey="row")
+    for i, c in enumerate(configs):
+        df = _features(c)
+        col = weights.index(c["weights"])
+        bins, edges = frequency_bins(df["frequency"].to_numpy(), 8)
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        for row, (metric, ylabel) in enumerate(metrics):
+            ax = axes[row, col]
+            for lab, marker, ls in (("stable", "o", "-"), ("unstable", "x", "--")):
+                sel = df["label"].to_numpy() == lab
+                means = [df.loc[sel & (bins == b), metric].mean() if np.sum(sel & (bins == b))
+                         >= 3 else np.nan for b in range(len(centres))]
+                ax.plot(centres, means, marker=marker, ls=ls, color=f"C{i}", ms=4,
+                        label=f"{label(c)} {lab}")
+            ax.set(ylim=(-0.02, 1.02), ylabel=ylabel if col == 0 else "")
+            if row == 0:
+                ax.set_title(f"{c['weights']} weights")
+            if row == len(metrics) - 1:
+                ax.set_xlabel("log10 firing frequency (bin centre)")
+    for ax in axes.ravel():
+        if ax.lines:
+            ax.legend(fontsize=7)
+    save(fig, out)
+
+
+FIGURES: dict[str, Callable[[Sequence[Config], str | Path], None]] = {
+    "masking_ev": masking_ev,
+    "masking_ce": masking_ce,
+    "frequency": frequency,
+    "surface_form": surface_form,
+}

@@ -1,0 +1,41 @@
+"""Activation statistics, surface-form measures and top contexts of the anchor SAEs of one
+configuration, compared by stability label; an HTML browser of sampled features."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
+from saestab import census, io, logs, models, runtime, stability, surface
+from saestab.activations import ActivationCache
+
+sm = snakemake  # noqa: F821
+log = logs.setup(sm.log[0])
+runtime.set_threads(sm.threads)
+device = runtime.resolve_device(sm.params.device)
+cfg = sm.params.cfg
+seeds = census.seed_map(sm.input.groups)
+model_dir = Path(sm.input.model[0]).parent if sm.input.model else None
+tokenizer = models.load_tokenizer(sm.params.spec, model_dir)
+res = surface.run_surface(
+    seeds, stability.read_table(sm.input.features), ActivationCache.open(sm.input.cache),
+    tokenizer, anchors=sorted(seeds)[: cfg["n_anchors"]], top_k=cfg["top_k"],
+    single_token_share=cfg["single_token_share"], n_bins=cfg["frequency_bins"],
+    n_browse=cfg["browse_features"], n_contexts=cfg["browse_contexts"], seed=sm.params.seed,
+    batch_size=cfg["batch_size"], device=device)
+res.summary["split"] = cfg["split"]
+stability.write_table(res.features, sm.output.features)
+stability.write_table(res.comparison, sm.output.comparison)
+stability.write_table(res.contexts, sm.output.contexts)
+io.write_json(sm.output.summary, res.summary)
+w = sm.wildcards
+shown = res.features.rename(columns={"seed": "anchor"})
+shown = shown.merge(res.contexts[["anchor", "feature"]].drop_duplicates(), on=["anchor", "feature"])
+page = surface.browser_html(res.contexts, shown, f"{w.model} {w.weights} {w.hook} {w.variant}",
+                            meta={"split": cfg["split"], "top contexts per feature":
+                                  cfg["browse_contexts"], "anchors": res.summary["anchors"]})
+with io.atomic_path(sm.output.browser) as tmp:
+    Path(tmp).write_text(page, encoding="utf-8")
+s = res.summary
+log.info("frequency ratio unstable/stable %.3f; single-token share stable %.3f, unstable %.3f",
+         s["frequency_ratio"]["mean"], s["single_token_stable"]["mean"],
+         s["single_token_unstable"]["mean"])
