@@ -1,0 +1,13 @@
+"""One synthetic-model figure across the synthetic configurations (C6)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
+from saestab import logs
+from saestab.plotting import geometry
+
+sm = snakemake  # noqa: F821
+log = logs.setup(sm.log[0])
+geometry.SYNTHETIC_FIGURES[sm.wildcards.figure](sm.params.configs, sm.output[0])
+log.info("wrote %s", sm.output[0])
