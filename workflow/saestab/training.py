@@ -397,6 +397,40 @@ def _init_params(cfg: TrainConfig, d_in: int, seed: int, b_dec: torch.Tensor,
     return {n: t.to(device) for n, t in p.items()}
 
 
+def params_from_sae_tensors(cfg: TrainConfig, tensors: dict[str, torch.Tensor], scale: float,
+                           device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The trainer's parameters (normalised units) of an SAE given by its tensors (raw units).
+
+    The inverse of the export (:func:`saestab.sae.fold_input_scale`): ``b_enc``, ``b_dec`` (and
+    the threshold, as jumprelu's ``log_threshold``) are multiplied by ``scale``; ``W_enc`` and
+    ``W_dec`` are unchanged. Architectures with a unit-norm decoder need unit rows (within 1e-3).
+    BatchTopK/Matryoshka keep a single training threshold, re-estimated from the first batch,
+    so their per-feature ``threshold`` is not needed here.
+    """
+    d_in, m = tensors["W_enc"].shape
+    want = {"W_enc": (d_in, cfg.d_sae), "W_dec": (cfg.d_sae, d_in), "b_enc": (cfg.d_sae,),
+            "b_dec": (d_in,)}
+    if cfg.architecture == "jumprelu":
+        want["threshold"] = (cfg.d_sae,)
+    for name, shape in want.items():
+        if name not in tensors or tuple(tensors[name].shape) != shape:
+            got = tuple(tensors[name].shape) if name in tensors else None
+            raise ValueError(f"initial tensor {name!r} has shape {got}, expected {shape}")
+    t = {n: tensors[n].detach().float().cpu().clone() for n in want}
+    if cfg.architecture != "relu":
+        norms = t["W_dec"].norm(dim=1)
+        if (norms - 1).abs().max() > 1e-3:
+            raise ValueError(f"{cfg.architecture} trains with unit-norm decoder rows; the given "
+                             f"W_dec has row norms in [{float(norms.min()):.4g}, "
+                             f"{float(norms.max()):.4g}]")
+        t["W_dec"] /= norms[:, None]
+    p = {"W_enc": t["W_enc"], "W_dec": t["W_dec"], "b_enc": t["b_enc"] * scale,
+         "b_dec": t["b_dec"] * scale}
+    if cfg.architecture == "jumprelu":
+        p["log_threshold"] = (t["threshold"] * scale).clamp_min(1e-12).log()
+    return {n: v.contiguous().to(device) for n, v in p.items()}
+
+
 def geometric_median(x: torch.Tensor, max_iter: int = 200, tol: float = 1e-7) -> torch.Tensor:
     """Weiszfeld's algorithm in float64; returns a (d,) tensor of ``x``'s dtype."""
     x64 = x.double()
@@ -678,11 +712,17 @@ def epoch_order(data_seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def _fingerprint(cfg: TrainConfig, init_seeds: Sequence[int], data_seed: int,
-                 cache: ActivationCache) -> dict[str, Any]:
+                 cache: ActivationCache,
+                 init: Sequence[dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     c = {k: v for k, v in cfg.to_json().items() if k not in _IMPL_FIELDS}
-    return {"cfg": c, "init_seeds": [int(s) for s in init_seeds], "data_seed": int(data_seed),
-            "n_tokens_cache": cache.n_tokens, "d_in": cache.d,
-            "mean_sq_norm": cache.stats.mean_sq_norm}
+    fp = {"cfg": c, "init_seeds": [int(s) for s in init_seeds], "data_seed": int(data_seed),
+          "n_tokens_cache": cache.n_tokens, "d_in": cache.d,
+          "mean_sq_norm": cache.stats.mean_sq_norm}
+    if init is not None:  # a checkpoint belongs to these initial tensors only
+        fp["init_sha256"] = [io.sha256_bytes(b"".join(
+            t[n].detach().float().cpu().contiguous().numpy().tobytes() for n in sorted(t)))
+            for t in init]
+    return fp
 
 
 def _write_checkpoint(ckpt_dir: Path, group: _Group, step: int, fp: dict[str, Any]) -> None:
@@ -710,7 +750,7 @@ def _read_checkpoint(ckpt_dir: Path, fp: dict[str, Any]) -> tuple[int, dict[str,
 
 
 def _export(group: _Group, i: int, cfg: TrainConfig, scale: float, cache: ActivationCache,
-            init_seed: int, data_seed: int, step: int) -> SAE:
+            init_seed: int, data_seed: int, step: int, init_given: bool = False) -> SAE:
     """Model ``i`` as an :class:`SAE` on raw activations (normalisation folded in)."""
     t = {n: v.float().cpu() for n, v in group.model_tensors(i).items()}
     tensors = {n: t[n] for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
@@ -730,6 +770,8 @@ def _export(group: _Group, i: int, cfg: TrainConfig, scale: float, cache: Activa
                         hook_name=str(cache.header.get("hook") or ""),
                         recipe=recipe, seeds={"init_seed": int(init_seed),
                                               "data_seed": int(data_seed)})
+    if init_given:  # continued from given tensors: the seed is only a label
+        sae_cfg.seeds["init"] = "given"
     return sae_from_tensors(sae_cfg, tensors)
 
 
@@ -766,6 +808,7 @@ def train_group(
     log_every: int = 100,
     callback: Callable[[int], None] | None = None,
     keep_checkpoint: bool = False,
+    init: Sequence[dict[str, torch.Tensor]] | None = None,
 ) -> TrainResult:
     """Train one SAE per init seed on ``cache``, sharing the data order; save and return them.
 
@@ -787,6 +830,12 @@ def train_group(
         ``snapshot_path``.
     callback:
         Called with the number of completed steps after each step (after checkpointing).
+    init:
+        Start from these SAEs instead of a seeded initialisation (continued training, e.g. of
+        a pooled SAE): one dict of tensors per seed in :meth:`SAE.state_tensors` form, raw
+        activation units (see :func:`params_from_sae_tensors`). ``init_seeds`` then only label
+        the models; ``b_dec_init`` is not used. Adam state starts at zero and the schedule
+        (warm-up, decay) is the recipe's, over ``cfg``'s length.
     """
     cache = cache if isinstance(cache, ActivationCache) else ActivationCache.open(cache)
     device = torch.device(device)
@@ -798,6 +847,8 @@ def train_group(
         raise ValueError("need at least one init seed")
     if out_dirs is not None and len(out_dirs) != len(init_seeds):
         raise ValueError(f"{len(out_dirs)} out_dirs for {len(init_seeds)} seeds")
+    if init is not None and len(init) != len(init_seeds):
+        raise ValueError(f"{len(init)} initial SAEs for {len(init_seeds)} seeds")
     n_rows, d_in = cache.n_tokens, cache.d
     if n_rows < cfg.batch_size:
         raise io.InputError(f"{cache.path}: {n_rows} rows, fewer than one batch "
@@ -821,16 +872,22 @@ def train_group(
              s_count, cfg.architecture)
 
     # initialisation (b_dec is data-derived and shared; everything else per seed)
-    if cfg.b_dec_init == "zeros":
-        b_dec = torch.zeros(d_in)
+    if init is not None:
+        params = [params_from_sae_tensors(cfg, t, scale, device) for t in init]
+        w_dec_init = [p["W_dec"].cpu().clone() for p in params]
     else:
-        sample_idx = torch.linspace(0, n_rows - 1, min(n_rows, cfg.b_dec_init_sample)).long()
-        sample = data[sample_idx.to(device)].cpu()
-        b_dec = geometric_median(sample) if cfg.b_dec_init == "geometric_median" else \
-            sample.double().mean(0).float()
-    group = _Group(cfg, [_init_params(cfg, d_in, s, b_dec, device) for s in init_seeds])
+        if cfg.b_dec_init == "zeros":
+            b_dec = torch.zeros(d_in)
+        else:
+            sample_idx = torch.linspace(0, n_rows - 1, min(n_rows, cfg.b_dec_init_sample)).long()
+            sample = data[sample_idx.to(device)].cpu()
+            b_dec = geometric_median(sample) if cfg.b_dec_init == "geometric_median" else \
+                sample.double().mean(0).float()
+        params = [_init_params(cfg, d_in, s, b_dec, device) for s in init_seeds]
+        w_dec_init = None
+    group = _Group(cfg, params)
 
-    fp = _fingerprint(cfg, init_seeds, data_seed, cache)
+    fp = _fingerprint(cfg, init_seeds, data_seed, cache, init)
     start = 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None and (ckpt / "checkpoint" / "state.json").is_file():
@@ -904,7 +961,8 @@ def train_group(
         if done % spe == 0 and done // spe in snap_epochs:
             e = done // spe
             for i, seed in enumerate(init_seeds):
-                _export(group, i, cfg, scale, cache, seed, data_seed, done).save(snap_dir(i, e))
+                _export(group, i, cfg, scale, cache, seed, data_seed, done,
+                        init is not None).save(snap_dir(i, e))
             log.info("saved epoch-%d snapshots", e)
         if ckpt is not None and checkpoint_every > 0 and done % checkpoint_every == 0 \
                 and done < total:
@@ -914,12 +972,13 @@ def train_group(
     seconds = time.perf_counter() - t_start
     steps_run = total - start
     tps = steps_run * cfg.batch_size / seconds if seconds > 0 else 0.0
-    saes = [_export(group, i, cfg, scale, cache, s, data_seed, total)
+    saes = [_export(group, i, cfg, scale, cache, s, data_seed, total, init is not None)
             for i, s in enumerate(init_seeds)]
     # How far each decoder moved from its seed-specific initialisation (an under-trained SAE
     # stays close to it, and its features then match nothing in another seed).
-    init_cos = [decoder_init_cosine(sae, _init_params(cfg, d_in, s, b_dec, "cpu")["W_dec"])
-                for sae, s in zip(saes, init_seeds, strict=True)]
+    init_cos = [decoder_init_cosine(sae, w_dec_init[i] if w_dec_init is not None
+                                    else _init_params(cfg, d_in, s, b_dec, "cpu")["W_dec"])
+                for i, (sae, s) in enumerate(zip(saes, init_seeds, strict=True))]
     if out_dirs is not None:
         for sae, out, ic in zip(saes, out_dirs, init_cos, strict=True):
             sae.save(out)
