@@ -1,0 +1,13 @@
+"""Figure of the auto-interp stage across every configuration of the study."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
+from saestab import logs
+from saestab.plotting import autointerp as figures
+
+sm = snakemake  # noqa: F821
+log = logs.setup(sm.log[0])
+figures.surface_share(sm.params.configs, sm.output[0])
+log.info("wrote %s", sm.output[0])
