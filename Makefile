@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: run test test-fast lint dag bench clean-venv
+.PHONY: run test test-fast lint dag bench gallery clean-venv
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,18 +19,25 @@ $(STAMP): pyproject.toml requirements/lock.txt
 ## run: the main job on config.yaml (offline default)
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
-## test: the whole test suite (unit + workflow + real-model tests)
+## test: the whole test suite (unit + workflow + real-model tests + the workflow on a one-node
+## SLURM cluster started on localhost: tests/slurm/run.py, which installs slurm-wlm and munge
+## with apt-get where missing and skips, saying why, without root or passwordless sudo)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not workflow"
+	$(BIN)/python -m pytest -m "not slow and not workflow and not slurm"
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/ruff check workflow tests bench
+
+## gallery: refresh the README's figures (docs/gallery/) from the last run's results/figures
+gallery: $(STAMP)
+	$(BIN)/python -m saestab.gallery results/figures docs/gallery
 
 dag: $(STAMP)
 	$(BIN)/snakemake --rulegraph | dot -Tsvg > rulegraph.svg

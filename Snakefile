@@ -28,6 +28,12 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/stability.smk"
+include: "workflow/rules/function.smk"
+include: "workflow/rules/pool.smk"
+include: "workflow/rules/autointerp.smk"
+include: "workflow/rules/geometry.smk"
+include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/summary.smk"
 
 
 rule all:

@@ -100,6 +100,69 @@ def test_workflow_saes_and_census(workdir):
         assert png.read_bytes()[:4] == b"\x89PNG", fig
 
 
+def test_workflow_function_stage(workdir):
+    hook = "blocks.1.hook_resid_post"
+    for weights in ("trained", "random"):
+        d = workdir / "results" / "tiny" / weights / hook / "function" / "topk"
+        masking = json.loads((d / "masking_summary.json").read_text())
+        assert masking["anchors"] == [0, 1] and masking["ce_contexts"] == 4
+        none = masking["sets"]["none"]
+        assert none["delta_ev"]["mean"] == 0.0  # nothing masked, nothing lost
+        assert abs(none["delta_ce_err"]["mean"]) < 1e-6  # error term kept: the clean run
+        assert masking["sets"]["all"]["delta_ev"]["mean"] > 0
+        surface = json.loads((d / "surface_summary.json").read_text())
+        assert surface["anchors"] == [0, 1, 2]
+        html = (d / "browser.html").read_text()
+        assert html.startswith("<!doctype html>") and "<mark>" in html
+    for fig in ("masking_ev", "masking_ce", "frequency", "surface_form"):
+        png = workdir / "results" / "figures" / "function" / f"{fig}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG", fig
+
+
+def test_workflow_pool_stage(workdir):
+    hook = "blocks.1.hook_resid_post"
+    for weights, variants in (("trained", ("topk", "relu")), ("random", ("topk",))):
+        for variant in variants:
+            d = workdir / "results" / "tiny" / weights / hook / "pool" / variant
+            s = json.loads((d / "summary.json").read_text())
+            assert s["subsets"] == [[0, 1], [2]] and s["post_train_tokens"] == 512
+            assert s["mutual_stability"]["standard"]["n"] == 4  # (0,2) (1,2) (2,0) (2,1)
+            assert s["ev"]["standard"]["n"] == 3 and s["ev"]["pool_before"]["n"] == 2
+            assert all(0 < p["n_unique"] and p["n_filled"] == max(0, 64 - p["n_unique"])
+                       for p in s["pools"])
+            assert 0 < s["ev"]["pool_after"]["mean"] <= 1
+            assert (d / "saes" / "pool1" / "after" / "cfg.json").is_file()
+    assert not (workdir / "results" / "tiny" / "trained" / hook / "pool" / "topk-dataseed").exists()
+    table = (workdir / "results" / "tables" / "pool_table.md").read_text().strip().splitlines()
+    assert len(table) == 2 + 3
+    png = workdir / "results" / "figures" / "pool" / "pool_stability.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_workflow_geometry_and_synthetic_stages(workdir):
+    toy = workdir / "results" / "toy" / "synthetic" / "features"
+    cache = ActivationCache.open(toy / "cache" / "train")
+    assert cache.header["weights"] == "synthetic" and (cache.n_tokens, cache.d) == (4096, 16)
+    seeds = sorted(p.parent.name for p in toy.glob("saes/synth-topk/group*/seed*/cfg.json"))
+    assert seeds == ["seed0", "seed1", "seed2"]  # the same train_saes rule, two jobs
+    assert json.loads((toy / "stability/synth-topk/summary.json").read_text())["n_seeds"] == 3
+    rec = json.loads((toy / "recovery/synth-topk/summary.json").read_text())
+    assert [(r["kind"], r["rank"]) for r in rec["by_rank"]] == [("group", 1), ("group", 4),
+                                                                ("point", 1)]
+    for c in ("tiny/trained/blocks.1.hook_resid_post/geometry/topk",
+              "tiny/random/blocks.1.hook_resid_post/geometry/topk",
+              "toy/synthetic/features/geometry/synth-topk"):
+        s = json.loads((workdir / "results" / c / "summary.json").read_text())
+        assert s["n_seeds"] == 3 and s["energy"] == 0.9, c
+    for fig in ("geometry/spectra", "geometry/rank_vs_count", "geometry/transfer",
+                "geometry/angles", "synthetic/recovery_by_rank",
+                "synthetic/stability_vs_recovery"):
+        png = workdir / "results" / "figures" / f"{fig}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG", fig
+    # the census figures and Table 1 keep to the real model's configurations
+    assert "toy" not in (workdir / "results" / "tables" / "table1.md").read_text()
+
+
 def test_second_run_has_nothing_to_do(workdir):
     proc = snakemake(workdir, "--cores", "2", "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -4,7 +4,7 @@ import glob
 
 wildcard_constraints:
     model="[A-Za-z0-9_-]+",
-    weights="trained|random",
+    weights="trained|random|synthetic",
     hook="[A-Za-z0-9_.]+",
     split="train|eval",
     variant="[A-Za-z0-9_.-]+",
@@ -78,6 +78,15 @@ def sae_configs():
     ]
 
 
+def synthetic_configs():
+    """(model, "synthetic", hook, variant) of every synthetic-model SAE configuration (C6);
+    kept apart from sae_configs(), whose stages need a real model and tokens."""
+    syn = config["synthetic"]
+    return [
+        (m, "synthetic", syn["hook"], v) for m in syn["models"] for v in syn["runs"]
+    ]
+
+
 def sae_group_dirs(model, weights, hook, variant):
     base = f"results/{model}/{weights}/{hook}/saes/{variant}"
     return [f"{base}/group{g}" for g in range(n_groups())]
@@ -106,6 +115,48 @@ def census_config(c):
     )
 
 
+def autointerp_dir(c):
+    model, weights, hook, variant = c
+    return f"results/{model}/{weights}/{hook}/autointerp/{variant}"
+
+
+def autointerp_targets():
+    """Auto-interp outputs of every configuration, or none when no endpoint is configured."""
+    if not config["autointerp"]["endpoint"]:
+        return []
+    return [f"{autointerp_dir(c)}/summary.json" for c in sae_configs()] + [
+        "results/figures/autointerp/surface_share.png"
+    ]
+
+
+def pool_configs():
+    """SAE configurations that get feature pools (pool.enabled, pool.variants)."""
+    if not config["pool"]["enabled"]:
+        return []
+    wanted = config["pool"]["variants"]
+    return [c for c in sae_configs() if wanted is None or c[3] in wanted]
+
+
+def pool_dir(c):
+    model, weights, hook, variant = c
+    return f"results/{model}/{weights}/{hook}/pool/{variant}"
+
+
+def pool_config(c):
+    """A pooled configuration as the pool figure takes it."""
+    return dict(census_config(c), dir=pool_dir(c))
+
+
+def pool_targets():
+    """Feature-pool outputs (C7), or none when pool.enabled is false."""
+    if not pool_configs():
+        return []
+    return [f"{pool_dir(c)}/summary.json" for c in pool_configs()] + [
+        "results/figures/pool/pool_stability.png",
+        "results/tables/pool_table.md",
+    ]
+
+
 CENSUS_FIGURES = [
     "stability_cdf",
     "p_hat_hist",
@@ -116,10 +167,149 @@ CENSUS_FIGURES = [
 ]
 
 
+# function.smk: masking and surface form (C3, C4)
+FUNCTION_FIGURES = ["masking_ev", "masking_ce", "frequency", "surface_form"]
+
+
+def function_configs():
+    """Configurations of a real model (trained or random weights): masking needs the model."""
+    return [c for c in sae_configs() if c[1] in ("trained", "random")]
+
+
+def function_dir(c):
+    model, weights, hook, variant = c
+    return f"results/{model}/{weights}/{hook}/function/{variant}"
+
+
+def function_config(c):
+    """A configuration as the function figures take it."""
+    return dict(census_config(c), dir=function_dir(c))
+
+
+def function_targets():
+    return [
+        f"{function_dir(c)}/{name}"
+        for c in function_configs()
+        for name in ("masking_summary.json", "surface_summary.json", "browser.html")
+    ] + expand("results/figures/function/{figure}.png", figure=FUNCTION_FIGURES)
+
+
+GEOMETRY_FIGURES = ["spectra", "rank_vs_count", "transfer", "angles"]
+
+
+def geometry_configs():
+    """Configurations analysed: every SAE configuration, synthetic ones included."""
+    if not config["geometry"]["enabled"]:
+        return []
+    return sae_configs() + synthetic_configs()
+
+
+def geometry_dir(c):
+    model, weights, hook, variant = c
+    return f"results/{model}/{weights}/{hook}/geometry/{variant}"
+
+
+def geometry_config(c):
+    """A configuration as the geometry figures take it."""
+    return dict(census_config(c), dir=geometry_dir(c))
+
+
+def geometry_targets():
+    """Per-configuration geometry outputs and the figures, unless geometry.enabled is false."""
+    if not geometry_configs():
+        return []
+    return [f"{geometry_dir(c)}/summary.json" for c in geometry_configs()] + expand(
+        "results/figures/geometry/{figure}.png", figure=GEOMETRY_FIGURES
+    )
+
+
+SYNTHETIC_FIGURES = ["recovery_by_rank", "stability_vs_recovery"]
+
+
+def synthetic_dir(c):
+    model, weights, hook, variant = c
+    return f"results/{model}/{weights}/{hook}/recovery/{variant}"
+
+
+def synthetic_targets():
+    """Recovery outputs of every synthetic configuration and the figures (none if none)."""
+    if not synthetic_configs():
+        return []
+    return [f"{synthetic_dir(c)}/summary.json" for c in synthetic_configs()] + expand(
+        "results/figures/synthetic/{figure}.png", figure=SYNTHETIC_FIGURES
+    )
+
+
+# summary.smk: which stage outputs each configuration has (absent stages: None)
+def _stage_dirs(c):
+    dirs = {"census": census_dir(c)}
+    if c in function_configs():
+        dirs["function"] = function_dir(c)
+    if config["geometry"]["enabled"]:
+        dirs["geometry"] = geometry_dir(c)
+    if c in pool_configs():
+        dirs["pool"] = pool_dir(c)
+    if autointerp_targets() and c in function_configs():
+        dirs["autointerp"] = autointerp_dir(c)
+    return dirs
+
+
+def summary_config(c):
+    model, weights, hook, variant = c
+    return dict(
+        model=model,
+        weights=weights,
+        hook=hook,
+        variant=variant,
+        architecture=SAE_CFG["variants"][variant]["architecture"],
+        **_stage_dirs(c),
+    )
+
+
+def summary_synthetic(c):
+    return dict(
+        census=census_dir(c), recovery=synthetic_dir(c), geometry=geometry_dir(c)
+    )
+
+
+def summary_inputs(wildcards):
+    """Every summary JSON the claim table reads (so that it is rebuilt when one changes)."""
+    files = {
+        "masking": "masking_summary.json",
+        "surface": "surface_summary.json",
+    }
+    out = []
+    for c in sae_configs():
+        dirs = _stage_dirs(c)
+        out.append(f"{dirs['census']}/summary.json")
+        if "function" in dirs:
+            out += [f"{dirs['function']}/{f}" for f in files.values()]
+        for stage in ("geometry", "pool", "autointerp"):
+            if stage in dirs:
+                out.append(f"{dirs[stage]}/summary.json")
+    for c in synthetic_configs():
+        out += [f"{synthetic_dir(c)}/summary.json", f"{census_dir(c)}/summary.json"]
+    return {"summaries": out}
+
+
 def all_targets():
     """Everything the default target builds; later stages extend this list."""
     saes = [d for c in sae_configs() for d in sae_group_dirs(*c)]
     census = [census_file(c, "summary.json") for c in sae_configs()]
     figures = expand("results/figures/census/{figure}.png", figure=CENSUS_FIGURES)
     tables = ["results/tables/table1.md", "results/figures/census/table1.png"]
-    return cache_dirs("train") + cache_dirs("eval") + saes + census + figures + tables
+    optional = autointerp_targets()  # empty unless autointerp.endpoint is set
+    return (
+        cache_dirs("train")
+        + cache_dirs("eval")
+        + saes
+        + census
+        + figures
+        + tables
+        + optional
+        + function_targets()  # function.smk: masking and surface form (C3, C4)
+        + ["results/summary.md"]  # summary.smk: verdict per claim
+        + pool_targets()  # pool.smk: feature pools (C7) unless pool.enabled is false
+        + geometry_targets()  # geometry.smk: subspaces of unstable features (C5)
+        + synthetic_targets()  # synthetic.smk: synthetic low-rank model (C6)
+    )

@@ -79,6 +79,8 @@ rule cache_activations:
         "logs/{model}/{weights}/{hook}/cache_activations.log",
     benchmark:
         "benchmarks/{model}/{weights}/{hook}/cache_activations.tsv"
+    wildcard_constraints:
+        weights="trained|random",  # synthetic caches come from synthetic_cache
     conda:
         "../../envs/model.yaml"
     threads: workflow.cores

@@ -112,6 +112,10 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
             if name not in variants:
                 raise ConfigError(f"{source}: sae.runs.{weights}: unknown variant {name!r} "
                                   f"(defined: {', '.join(sorted(variants))})")
+    for name in config.get("synthetic", {}).get("runs", []):
+        if name not in variants:
+            raise ConfigError(f"{source}: synthetic.runs: unknown variant {name!r} "
+                              f"(defined: {', '.join(sorted(variants))})")
     for name, v in variants.items():
         key = f"{source}: sae.variants.{name}"
         if v["architecture"] in ("topk", "batchtopk", "matryoshka") and not v.get("k"):
