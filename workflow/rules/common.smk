@@ -293,7 +293,7 @@ def summary_inputs(wildcards):
 
 
 def all_targets():
-    """Everything the default target builds; later stages extend this list."""
+    """Everything the default target builds: every stage of the study, figures and summary."""
     saes = [d for c in sae_configs() for d in sae_group_dirs(*c)]
     census = [census_file(c, "summary.json") for c in sae_configs()]
     figures = expand("results/figures/census/{figure}.png", figure=CENSUS_FIGURES)
