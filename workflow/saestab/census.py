@@ -21,6 +21,7 @@ from . import io, matching, stability
 from .evaluation import read_evaluation
 from .logs import get_logger
 from .sae import load_sae
+from .stability import mean_interval
 
 log = get_logger("census")
 
@@ -91,18 +92,6 @@ def _load(dirs: Sequence[Path], device: str) -> tuple[np.ndarray, list[dict[str,
     return np.stack(directions), evals
 
 
-def _mean_ci(values: np.ndarray) -> dict[str, float]:
-    """Mean, std, range and a normal-approximation 95% interval of the mean, across anchors or
-    seeds (with few seeds the interval is rough; the range is reported beside it)."""
-    v = np.asarray(values, dtype=np.float64)
-    n = v.size
-    sd = float(v.std(ddof=1)) if n > 1 else float("nan")
-    half = 1.96 * sd / np.sqrt(n) if n > 1 else float("nan")
-    return {"mean": float(v.mean()), "std": sd, "ci_low": float(v.mean() - half),
-            "ci_high": float(v.mean() + half), "min": float(v.min()), "max": float(v.max()),
-            "n": int(n)}
-
-
 def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: float = 0.05,
                thetas: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9),
                epss: Sequence[float] = (0.0, 0.05, 0.1, 0.2), n_draws: int = 20,
@@ -141,15 +130,15 @@ def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: flo
                          chunk_size=chunk_size)
     summary = {
         "n_seeds": S, "n_features": m, "theta": theta, "eps": eps,
-        "stable": _mean_ci(fractions["stable"].to_numpy()),
-        "unstable": _mean_ci(fractions["unstable"].to_numpy()),
-        "middle": _mean_ci(fractions["middle"].to_numpy()),
-        "hungarian_iou": _mean_ci(np.asarray(ious)) | {
+        "stable": mean_interval(fractions["stable"].to_numpy()),
+        "unstable": mean_interval(fractions["unstable"].to_numpy()),
+        "middle": mean_interval(fractions["middle"].to_numpy()),
+        "hungarian_iou": mean_interval(np.asarray(ious)) | {
             "pairs": [list(map(int, pairs[i])) for i in sorted(pick)]},
-        "ev": _mean_ci(evals_df["ev"].to_numpy()),
-        "l0": _mean_ci(evals_df["l0"].to_numpy()),
-        "dead_fraction": _mean_ci(evals_df["dead_fraction"].to_numpy()),
-        "decoder_init_cosine": (_mean_ci(evals_df["decoder_init_cosine"].to_numpy(float))
+        "ev": mean_interval(evals_df["ev"].to_numpy()),
+        "l0": mean_interval(evals_df["l0"].to_numpy()),
+        "dead_fraction": mean_interval(evals_df["dead_fraction"].to_numpy()),
+        "decoder_init_cosine": (mean_interval(evals_df["decoder_init_cosine"].to_numpy(float))
                                 if evals_df.get("decoder_init_cosine") is not None
                                 and evals_df["decoder_init_cosine"].notna().all() else None),
         "training_length": tl.to_dict(orient="records"),

@@ -34,7 +34,8 @@ import torch
 from . import io
 from .activations import ActivationCache
 from .logs import get_logger, progress
-from .sae import SAE
+from .sae import SAE, load_sae
+from .stability import mean_interval
 
 log = get_logger("masking")
 
@@ -290,8 +291,6 @@ def run_masking(seed_dirs: Mapping[int, Any], features: pd.DataFrame, cache: Act
     count ratio of the mass-matched sets, and the paired contrast stable_matched minus
     unstable_matched per anchor.
     """
-    from .sae import load_sae
-
     load = load or (lambda p: load_sae(p, device=device))
     rng = np.random.default_rng(seed)
     rows, infos = [], []
@@ -339,8 +338,6 @@ def run_masking(seed_dirs: Mapping[int, Any], features: pd.DataFrame, cache: Act
 
 def summarize(table: pd.DataFrame, infos: pd.DataFrame) -> dict[str, Any]:
     """Means and t-intervals across anchors of every measure, per set, and the C3 contrasts."""
-    from .stability import mean_interval
-
     metrics = [c for c in ("delta_ev", "ev", "delta_ce_err", "kl_err", "delta_ce_noerr",
                            "kl_noerr", "n_features", "mass") if c in table]
     sets = {name: {m: mean_interval(g[m]) for m in metrics}

@@ -47,7 +47,7 @@ from .activations import ActivationCache
 from .evaluation import evaluate_sae, read_evaluation, write_evaluation
 from .logs import get_logger
 from .sae import SAE, THRESHOLD_ARCHITECTURES, SAEConfig, load_sae, sae_from_tensors
-from .stability import write_table
+from .stability import mean_interval, write_table
 from .training import TrainConfig, TrainResult, train_group
 
 log = get_logger("pooling")
@@ -348,13 +348,6 @@ class PoolStudy:
     eval_results: dict[tuple[str, int], dict[str, Any]]  # (kind, pool) -> evaluate_sae output
 
 
-def _spread(values: Sequence[float]) -> dict[str, float]:
-    v = np.asarray(values, dtype=np.float64)
-    sd = float(v.std(ddof=1)) if v.size > 1 else float("nan")
-    return {"mean": float(v.mean()), "std": sd, "min": float(v.min()), "max": float(v.max()),
-            "n": int(v.size)}
-
-
 def training_tokens(recipe: dict[str, Any], n_rows: int) -> int:
     """Tokens a variant's recipe trains on for a cache of ``n_rows`` rows."""
     r = {k: v for k, v in recipe.items() if v is not None and k != "vary_data_seed"}
@@ -473,9 +466,10 @@ def run_pools(sae_dirs: Sequence[str | Path], maxcos: np.ndarray, train_cache: A
                       for w, kind in (("before", "pool_before"), ("after", "pool_after"))
                       for k in ("ev", "l0", "dead_fraction")}}
                   for p, s in enumerate(subsets)],
-        "ev": {k: _spread(evals.loc[evals["kind"] == k, "ev"]) for k in KINDS},
-        "l0": {k: _spread(evals.loc[evals["kind"] == k, "l0"]) for k in KINDS},
-        "mutual_stability": {k: _spread(mutual.loc[mutual["kind"] == k, "hit"]) for k in KINDS},
+        "ev": {k: mean_interval(evals.loc[evals["kind"] == k, "ev"]) for k in KINDS},
+        "l0": {k: mean_interval(evals.loc[evals["kind"] == k, "l0"]) for k in KINDS},
+        "mutual_stability": {k: mean_interval(mutual.loc[mutual["kind"] == k, "hit"])
+                             for k in KINDS},
     }
     ms, ev = summary["mutual_stability"], summary["ev"]
     summary["delta"] = {

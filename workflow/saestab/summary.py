@@ -133,15 +133,25 @@ def _all(*verdicts: str) -> str:
 # ------------------------------------------------------------------------------------------
 # the claims
 # ------------------------------------------------------------------------------------------
+def _main_output(study: Study, cl: Claim, stage: str, file: str,
+                 reason: str) -> tuple[Config | None, dict[str, Any] | None]:
+    """The main trained configuration and one of its stage outputs; when absent, the claim's
+    ``reason`` says why (it then stays *not run*)."""
+    c = study.main()
+    s = c.read(stage, file) if c else None
+    if s is None:
+        cl.reason = reason
+    return c, s
+
+
 def claim_c1(study: Study) -> Claim:
     cl = Claim("C1", "stability signal",
                "share of features at the two ends of p̂ (stable + unstable) minus the share "
                "in between, mean over anchors", "p̂ is bimodal: most features are clearly "
                "stable or clearly unstable")
-    c = study.main()
-    s = c.read("census", "summary.json") if c else None
+    c, s = _main_output(study, cl, "census", "summary.json",
+                        "no census of a trained configuration")
     if s is None:
-        cl.reason = "no census of a trained configuration"
         return cl
     ends = {"mean": s["stable"]["mean"] + s["unstable"]["mean"],
             "std": np.hypot(s["stable"]["std"], s["unstable"]["std"]), "n": s["stable"]["n"]}
@@ -176,10 +186,9 @@ def claim_c3(study: Study) -> Claim:
                "ΔEV(mask stable) − ΔEV(mask mass-matched unstable), mean over anchors",
                "stable features carry most of the reconstruction and next-token signal, also "
                "at matched activation mass")
-    c = study.main()
-    s = c.read("function", "masking_summary.json") if c else None
+    c, s = _main_output(study, cl, "function", "masking_summary.json",
+                        "masking did not run")
     if s is None:
-        cl.reason = "masking did not run"
         return cl
     con = s["stable_vs_unstable_matched"]
     _fill(cl, con["delta_ev"]["difference"], +1, c,
@@ -197,10 +206,9 @@ def claim_c4(study: Study) -> Claim:
                "within-frequency-bin difference of top-token share (unstable − stable); "
                "median-frequency ratio unstable/stable beside it",
                "unstable features are low-frequency and dominated by single-token surface form")
-    c = study.main()
-    s = c.read("function", "surface_summary.json") if c else None
+    c, s = _main_output(study, cl, "function", "surface_summary.json",
+                        "surface statistics did not run")
     if s is None:
-        cl.reason = "surface statistics did not run"
         return cl
     share = s["binned_diff_top_token_share"]
     ratio = s["frequency_ratio"]
@@ -224,10 +232,9 @@ def claim_c5(study: Study) -> Claim:
                "subspace minus that of a random subspace of the same rank (all seed pairs)",
                "unstable features are not reproducible one by one but span a lower-rank "
                "subspace that is")
-    c = study.main()
-    s = c.read("geometry", "summary.json") if c else None
+    c, s = _main_output(study, cl, "geometry", "summary.json",
+                        "the geometry stage did not run")
     if s is None:
-        cl.reason = "the geometry stage did not run"
         return cl
     con = s["transfer"]["directions"]["contrasts"]
     ranks = s["ranks"]
@@ -289,10 +296,9 @@ def claim_c7(study: Study) -> Claim:
                f"standard SAEs; EV of the post-trained pool minus standard beside it (must not "
                f"fall below -{EV_TOLERANCE})",
                "a pooled SAE is more stable at about the same explained variance")
-    c = study.main()
-    s = c.read("pool", "summary.json") if c else None
+    c, s = _main_output(study, cl, "pool", "summary.json",
+                        "the feature pool did not run")
     if s is None:
-        cl.reason = "the feature pool did not run"
         return cl
     ms, ev = s["mutual_stability"], s["ev"]
     stab = welch_difference(ms["pool_after"], ms["standard"])

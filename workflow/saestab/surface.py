@@ -28,7 +28,8 @@ from scipy import stats
 from .activations import ActivationCache
 from .logs import get_logger, progress
 from .models import Tokenizer
-from .sae import SAE
+from .sae import SAE, load_sae
+from .stability import mean_interval
 
 log = get_logger("surface")
 
@@ -307,9 +308,6 @@ def run_surface(seed_dirs: Mapping[int, Any], census: pd.DataFrame, cache: Activ
                 device: str | torch.device = "cpu") -> SurfaceResult:
     """Activation and token statistics of every anchor SAE of one configuration, compared by
     stability label; top contexts of ``n_browse`` random stable and unstable features each."""
-    from .sae import load_sae
-    from .stability import mean_interval
-
     rng = np.random.default_rng(seed)
     token_ids = np.asarray(cache.token_ids())
     tokens = TokenInfo.build(tokenizer, token_ids)
