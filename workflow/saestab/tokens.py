@@ -1,17 +1,21 @@
 """Documents to fixed-length token contexts, with a train/eval split by document.
 
 A tokenizer is any ``encode(text) -> list[int]`` callable plus optional BOS/EOS ids. Documents
-are shuffled with a seeded generator; the first ones go to the eval split until its token budget
-is met, the rest to train, so no document contributes to both. Within a split the documents'
-tokens are concatenated with an EOS separator between documents and cut into contexts, each
-starting with BOS.
+are shuffled with a seeded generator; the first ones go to the eval split until it holds at least
+``eval_documents`` documents and enough tokens for its budget, the rest to train, so no document
+contributes to both. Within a split every document contributes an equal share of the split's
+token budget (a document shorter than the share contributes all of itself): a contiguous window
+at a seeded random offset. The windows are joined with an EOS separator between documents and cut
+into contexts, each starting with BOS. Spreading both splits over all their documents keeps every
+EV and loss measured on the eval split from resting on one or two articles, and keeps training
+from seeing only the first documents that happen to fill the budget.
 
 On-disk layout of a token set (a directory)::
 
     train.npy, eval.npy                  (n, T) int32 token contexts
     train_doc_ids.npy, eval_doc_ids.npy  (n, T) int32: index of the source document (its position
                                          in the corpus) per position, -1 for BOS/EOS
-    split.json                           documents per split, token counts, seed, T, meta
+    split.json                           documents per split, tokens per document, seed, T, meta
 """
 
 from __future__ import annotations
@@ -54,27 +58,74 @@ def stream_tokens_needed(n_tokens: int, context_length: int, bos_token_id: int |
     return math.ceil(max(n_tokens, 0) / chunk) * chunk
 
 
-def split_documents(token_counts: Sequence[int], eval_tokens: int,
-                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_documents(token_counts: Sequence[int], eval_tokens: int, seed: int,
+                    min_eval_documents: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Split documents by index into (train, eval), each in shuffled order.
 
     Document indices are shuffled with ``numpy.random.default_rng(seed)``; documents go to eval
-    in that order until their ``token_counts`` sum to at least ``eval_tokens``, the rest to
-    train. Raises ValueError if all documents together do not meet the eval budget.
+    in that order until the eval split holds at least ``min_eval_documents`` non-empty documents
+    and their ``token_counts`` sum to at least ``eval_tokens``; the rest go to train. Raises
+    ValueError if the corpus cannot meet either requirement.
     """
     counts = np.asarray(token_counts, dtype=np.int64)
     if counts.ndim != 1 or (counts < 0).any():
         raise ValueError("token_counts must be a sequence of non-negative integers")
+    if min_eval_documents < 1:
+        raise ValueError(f"min_eval_documents must be at least 1, got {min_eval_documents}")
     order = np.random.default_rng(seed).permutation(len(counts))
     if eval_tokens <= 0:
         return order, order[:0]
     cumulative = np.cumsum(counts[order])
-    reached = np.flatnonzero(cumulative >= eval_tokens)
+    non_empty = np.cumsum(counts[order] > 0)
+    reached = np.flatnonzero((cumulative >= eval_tokens) & (non_empty >= min_eval_documents))
     if reached.size == 0:
-        raise ValueError(f"eval split: requested {eval_tokens} tokens, but all {len(counts)} "
-                         f"documents together have only {int(counts.sum())}")
+        raise ValueError(
+            f"eval split: requested {eval_tokens} tokens from at least {min_eval_documents} "
+            f"documents, but the corpus has {int(non_empty[-1]) if len(counts) else 0} "
+            f"non-empty documents with {int(counts.sum())} tokens in all; lower "
+            "tokens.eval_tokens or tokens.eval_documents, or use a larger corpus")
     n_eval = int(reached[0]) + 1
     return order[n_eval:], order[:n_eval]
+
+
+def even_shares(lengths: Sequence[int], budget: int) -> np.ndarray:
+    """Tokens each document contributes so that together they give ``budget``, spread evenly.
+
+    Water-filling: every document contributes ``min(length, level)`` for the smallest level that
+    meets the budget, and the documents at the level give one token less where that still meets it
+    exactly. Raises ValueError if all documents together are shorter than ``budget``.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if budget <= 0:
+        return np.zeros_like(lengths)
+    if total < budget:
+        raise ValueError(f"requested {budget} tokens, but the {len(lengths)} documents provide "
+                         f"only {total}")
+    lo, hi = 1, int(lengths.max())
+    while lo < hi:  # smallest level whose capped sum meets the budget
+        mid = (lo + hi) // 2
+        if int(np.minimum(lengths, mid).sum()) >= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    shares = np.minimum(lengths, lo)
+    excess = int(shares.sum()) - budget
+    at_level = np.flatnonzero(lengths >= lo)[::-1]
+    shares[at_level[:excess]] -= 1  # excess < len(at_level), since level lo - 1 falls short
+    return shares
+
+
+def document_windows(token_lists: Sequence[np.ndarray], budget: int,
+                     rng: np.random.Generator) -> list[np.ndarray]:
+    """One contiguous window per document, of the sizes :func:`even_shares` gives for ``budget``,
+    each at a random offset inside its document (empty for documents that contribute nothing)."""
+    shares = even_shares([len(t) for t in token_lists], budget)
+    windows = []
+    for tokens, share in zip(token_lists, shares, strict=True):
+        start = int(rng.integers(0, len(tokens) - share + 1))
+        windows.append(np.asarray(tokens)[start:start + share])
+    return windows
 
 
 def _as_tokens(tokens: Sequence[int], index: int) -> np.ndarray:
@@ -153,53 +204,70 @@ def _strip_specials(tokens: list[int], bos_token_id: int | None,
 def tokenize_corpus(docs: Sequence[Document], encode: Callable[[str], Sequence[int]],
                     bos_token_id: int | None, eos_token_id: int | None, context_length: int,
                     train_tokens: int, eval_tokens: int, seed: int,
-                    prepend_bos: bool = True) -> dict[str, Any]:
+                    prepend_bos: bool = True, eval_documents: int = 1) -> dict[str, Any]:
     """Tokenize documents and cut them into train and eval contexts, split by document.
 
     ``train_tokens``/``eval_tokens`` count stream positions after BOS (text tokens and EOS
     separators); each split gets the smallest number of whole contexts that covers its budget.
-    A leading BOS or trailing EOS that ``encode`` adds itself is removed first.
+    The eval split holds at least ``eval_documents`` documents (see :func:`split_documents`);
+    within each split every document contributes an even share of the budget
+    (:func:`document_windows`; windows drawn with ``default_rng([seed, split])``). A leading BOS
+    or trailing EOS that ``encode`` adds itself is removed first.
 
     Returns ``{"train": {...}, "eval": {...}, "context_length", "seed", "prepend_bos",
     "bos_token_id", "eos_token_id"}`` where each split holds ``contexts`` and ``doc_ids``
     ((n, T) int32; doc ids index ``docs``), ``documents`` (the ids of the documents assigned
     to the split, in shuffled order), ``doc_indices`` (their positions in ``docs``),
+    ``document_tokens`` (text tokens each of those documents has in the contexts),
     ``n_tokens_requested`` and ``n_documents_used`` (documents with tokens in the contexts).
     """
     token_lists = [
-        _strip_specials(list(encode(doc["text"])), bos_token_id, eos_token_id)
+        np.asarray(_strip_specials(list(encode(doc["text"])), bos_token_id, eos_token_id),
+                   dtype=np.int64)
         for doc in progress(docs, total=len(docs), desc="tokenizing", unit="doc")
     ]
     separator = 1 if eos_token_id is not None else 0
     # With k documents the stream has sum(len) + (k - 1) separators; counting one separator per
-    # document, the eval stream is long enough once the counts reach needed + separator.
-    counts = [len(t) + separator if t else 0 for t in token_lists]
+    # document, the eval documents are long enough once the counts reach needed + separator.
+    counts = [len(t) + separator if len(t) else 0 for t in token_lists]
     eval_needed = stream_tokens_needed(eval_tokens, context_length, bos_token_id, prepend_bos)
     train_idx, eval_idx = split_documents(
-        counts, eval_needed + separator if eval_needed else 0, seed)
+        counts, eval_needed + separator if eval_needed else 0, seed,
+        min_eval_documents=eval_documents)
 
     result: dict[str, Any] = {
         "context_length": context_length, "seed": seed, "prepend_bos": prepend_bos,
         "bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
     }
-    for split, idx, budget in (("train", train_idx, train_tokens),
-                               ("eval", eval_idx, eval_tokens)):
+    for number, (split, idx, budget) in enumerate((("train", train_idx, train_tokens),
+                                                   ("eval", eval_idx, eval_tokens))):
+        needed = stream_tokens_needed(budget, context_length, bos_token_id, prepend_bos)
+        # the windows carry the text; the k - 1 separators between them are surplus that the
+        # last context trims off the end of the stream
+        lists = [token_lists[i] for i in idx]
+        if sum(len(t) for t in lists) < needed:
+            raise ValueError(
+                f"{split} split ({len(idx)} of {len(docs)} documents): requested {budget} "
+                f"tokens ({needed} in whole contexts), but the documents provide only "
+                f"{sum(len(t) for t in lists)}")
         try:
+            windows = document_windows(lists, needed, np.random.default_rng([seed, number]))
             contexts, doc_ids = make_contexts(
-                [token_lists[i] for i in idx], context_length, budget, bos_token_id,
-                eos_token_id, prepend_bos, doc_indices=[int(i) for i in idx])
+                windows, context_length, budget, bos_token_id, eos_token_id, prepend_bos,
+                doc_indices=[int(i) for i in idx])
         except ValueError as err:
             raise ValueError(f"{split} split ({len(idx)} of {len(docs)} documents): {err}") \
                 from err
-        used = np.unique(doc_ids[doc_ids >= 0])
+        per_doc = np.bincount(doc_ids[doc_ids >= 0], minlength=len(docs))
         result[split] = {
             "contexts": contexts, "doc_ids": doc_ids,
             "documents": [docs[int(i)]["id"] for i in idx],
             "doc_indices": np.asarray(idx, dtype=np.int64),
-            "n_tokens_requested": budget, "n_documents_used": int(used.size),
+            "document_tokens": per_doc[np.asarray(idx, dtype=np.int64)],
+            "n_tokens_requested": budget, "n_documents_used": int((per_doc > 0).sum()),
         }
         log.info("%s: %d contexts of %d from %d documents (%d assigned)", split,
-                 contexts.shape[0], context_length, used.size, len(idx))
+                 contexts.shape[0], context_length, result[split]["n_documents_used"], len(idx))
     return result
 
 
@@ -229,6 +297,7 @@ def save_tokens(out_dir: str | os.PathLike, result: dict[str, Any],
                 "n_documents_used": int(part["n_documents_used"]),
                 "documents": list(part["documents"]),
                 "doc_indices": [int(i) for i in part["doc_indices"]],
+                "document_tokens": [int(n) for n in part["document_tokens"]],
             }
         io.write_json(tmp / "split.json", summary)
 
@@ -263,9 +332,43 @@ def load_tokens(token_dir: str | os.PathLike, split: str,
     return arrays[0], arrays[1]
 
 
+def context_documents(doc_ids: np.ndarray) -> np.ndarray:
+    """The document of each context: the one that holds most of its text positions (-1 for a
+    context without text)."""
+    doc_ids = np.asarray(doc_ids)
+    out = np.full(doc_ids.shape[0], -1, dtype=np.int64)
+    for c, row in enumerate(doc_ids):
+        docs, n = np.unique(row[row >= 0], return_counts=True)
+        if docs.size:
+            out[c] = docs[np.argmax(n)]
+    return out
+
+
+def sample_contexts_by_document(doc_ids: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of ``n`` contexts spread over the documents: round-robin over the documents in a
+    seeded order, a seeded random context of each document per round (sorted indices; all
+    contexts when ``n`` exceeds their number). A loss measured on a handful of contexts then
+    samples many documents instead of the first one or two."""
+    owner = context_documents(doc_ids)
+    rng = np.random.default_rng(seed)
+    docs = rng.permutation(np.unique(owner[owner >= 0]))
+    queues = [list(rng.permutation(np.flatnonzero(owner == d))) for d in docs]
+    queues.append(list(rng.permutation(np.flatnonzero(owner < 0))))  # text-free contexts last
+    picked: list[int] = []
+    while len(picked) < min(n, len(owner)):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(int(q.pop()))
+    return np.sort(np.asarray(picked, dtype=np.int64))
+
+
 __all__ = [
+    "context_documents",
+    "document_windows",
+    "even_shares",
     "load_tokens",
     "make_contexts",
+    "sample_contexts_by_document",
     "save_tokens",
     "split_documents",
     "stream_tokens_needed",

@@ -16,9 +16,12 @@ result = tokens.tokenize_corpus(
     docs, tok.encode, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
     context_length=cfg["context_length"], train_tokens=cfg["train_tokens"],
     eval_tokens=cfg["eval_tokens"], seed=cfg["split_seed"], prepend_bos=cfg["prepend_bos"],
+    eval_documents=cfg["eval_documents"],
 )
 tokens.save_tokens(sm.output[0], result, meta={"model": sm.wildcards.model,
                                                "vocab_size": tok.vocab_size})
 for split in ("train", "eval"):
-    log.info("%s: %s contexts of %d tokens", split, result[split]["contexts"].shape[0],
-             cfg["context_length"])
+    part = result[split]
+    log.info("%s: %d contexts of %d tokens from %d documents (%d to %d tokens each)", split,
+             part["contexts"].shape[0], cfg["context_length"], part["n_documents_used"],
+             part["document_tokens"].min(), part["document_tokens"].max())
