@@ -68,8 +68,9 @@ class SyntheticSpec:
                                  f"0 <= prob <= 1)")
         if not 0 <= self.point_prob <= 1:
             raise ValueError(f"point_prob must be in [0, 1], got {self.point_prob}")
-        if self.n_components == 0:
-            raise ValueError("the synthetic model needs at least one point feature or group")
+        if self.n_components == 0 and self.noise_std <= 0:
+            raise ValueError("the synthetic model needs a point feature, a group or noise "
+                             "(noise alone: isotropic Gaussian data, a known negative for C5)")
         if self.n_train < 1 or self.n_eval < 1 or self.context_length < 1:
             raise ValueError("n_train, n_eval and context_length must be positive")
 
@@ -110,7 +111,7 @@ class Truth:
 
     @property
     def d(self) -> int:
-        return int(self.points.shape[1]) if len(self.points) else int(self.groups[0].shape[0])
+        return int(self.points.shape[1])  # (0, d) when there are no point features
 
     def components(self) -> pd.DataFrame:
         """One row per component: ``component`` (index), ``kind`` (point/group), ``index``
