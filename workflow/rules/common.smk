@@ -314,7 +314,7 @@ def summary_inputs(wildcards):
         out.append(f"{census_dir(c)}/summary.json")
         if config["geometry"]["enabled"]:
             out.append(f"{geometry_dir(c)}/summary.json")
-    return {"summaries": out}
+    return {"summaries": out, "tokens": [f"results/{m}/tokens" for m in MODELS]}
 
 
 def all_targets():

@@ -46,6 +46,7 @@ rule synthetic_recovery:
         runtime=10,
     params:
         assign_threshold=config["synthetic"]["assign_threshold"],
+        theta=config["stability"]["theta"],
     script:
         "../scripts/synthetic_recovery.py"
 

@@ -10,8 +10,8 @@ stable/unstable share: a dead decoder row sits at its seed-specific initialisati
 it measures the initialiser, not the model. The seed-level statistics the verdicts use (label
 shares of live features, the endpoint mass against a homogeneous-p binomial) come with
 leave-one-seed-out jackknife intervals (:mod:`saestab.resampling`), and the same statistics are
-computed on known negatives (a homogeneous-p table, SAEs with random decoders, and tables drawn
-from this configuration's own p̂ distribution) so that the summary can show its rules failing there.
+computed on known negatives (a homogeneous-p table, SAEs with random decoders, and this
+configuration's table re-drawn from its own per-feature p̂) so that the summary can show its rules failing there.
 """
 
 from __future__ import annotations
@@ -189,12 +189,12 @@ def homogeneous_table(S: int, m: int, p: float, rng: np.random.Generator) -> np.
     return (rng.random((S, S, m)) < p).astype(np.float16)
 
 
-def resampled_table(p_hat: np.ndarray, S: int, m: int, rng: np.random.Generator) -> np.ndarray:
-    """An (S, S, m) match table whose features draw their reappearance probability from the
-    empirical ``p_hat`` (with replacement) and reappear independently in every other seed: two
-    such tables come from one configuration, so no rule may tell them apart."""
-    p = rng.choice(np.asarray(p_hat, dtype=np.float64), size=(S, 1, m), replace=True)
-    return (rng.random((S, S, m)) < p).astype(np.float16)
+def redrawn_table(p_hat: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An (S, S, m) match table in which feature i of anchor a reappears in every other seed
+    independently with probability ``p_hat[a, i]``, its observed rate: the same configuration
+    re-drawn. Two such tables come from one configuration, so no rule may tell them apart."""
+    S, m = p_hat.shape
+    return (rng.random((S, S, m)) < np.asarray(p_hat)[:, None, :]).astype(np.float16)
 
 
 def random_decoder_table(S: int, m: int, d: int, rng: np.random.Generator, device: str = "cpu",
@@ -211,25 +211,21 @@ def seed_level(maxcos: np.ndarray, live: np.ndarray, d: int, theta: float, eps: 
     """The jackknifed label statistics of a configuration (``claim``) and of its known negatives:
     ``null_homogeneous`` (every feature at p = the claim's mean p̂), ``null_random_decoders``
     (independent random rotations of the same shape) and ``null_replica_a``/``null_replica_b``
-    (two tables drawn from the claim's own p̂ distribution)."""
+    (the claim's table re-drawn twice from its own per-feature p̂, :func:`redrawn_table`)."""
     S, _, m = maxcos.shape
     rng = np.random.default_rng([seed, 7])
     claim = jackknife_labels(maxcos, live, theta, eps)
-    p_hat = []
-    for a in range(S):
-        X = (maxcos[a, [b for b in range(S) if b != a]][:, live[a]].astype(np.float32)
-             >= np.float32(theta)).sum(axis=0)
-        p_hat.append(X / (S - 1))
-    p_hat = np.concatenate(p_hat) if p_hat else np.zeros(0)
-    p_bar = float(p_hat.mean()) if p_hat.size else 0.0
+    p_hat = np.stack([
+        (maxcos[a, [b for b in range(S) if b != a]].astype(np.float32) >= np.float32(theta))
+        .mean(axis=0) for a in range(S)])
+    p_bar = float(p_hat[live].mean()) if live.any() else 0.0
     out = {"claim": claim,
            "null_homogeneous": jackknife_labels(homogeneous_table(S, m, p_bar, rng), None,
                                                 theta, eps),
            "null_random_decoders": jackknife_labels(
                random_decoder_table(S, m, d, rng, device, chunk_size), None, theta, eps)}
-    if p_hat.size:
-        for name in ("null_replica_a", "null_replica_b"):
-            out[name] = jackknife_labels(resampled_table(p_hat, S, m, rng), None, theta, eps)
+    for name in ("null_replica_a", "null_replica_b"):
+        out[name] = jackknife_labels(redrawn_table(p_hat, rng), live, theta, eps)
     return out
 
 

@@ -118,6 +118,7 @@ class Study:
     main_variant: str | None = None  # the configuration C1, C3–C5, C7 are read from
     floors: dict[str, float] = field(default_factory=lambda: dict(FLOORS))
     health: dict[str, float] = field(default_factory=lambda: dict(HEALTH))
+    tokens: dict[str, Path] = field(default_factory=dict)  # model -> its token directory
 
     def main(self, weights: str = "trained") -> Config | None:
         """The main configuration: ``main_variant`` (else the first TopK-family one, else the
@@ -703,7 +704,22 @@ def _status(r: Row) -> str:
     return f"{', '.join(sorted(set(health)))}; {', '.join(sorted(set(conv)))}"
 
 
-def to_markdown(rows: Sequence[Row], title: str = "Summary of the study") -> str:
+def data_splits(study: Study) -> dict[str, Any]:
+    """Per model: documents and tokens of the train and eval splits (``tokens/split.json``)."""
+    out: dict[str, Any] = {}
+    for model, d in study.tokens.items():
+        f = Path(d) / "split.json"
+        if not f.is_file():
+            continue
+        js = json.loads(f.read_text())
+        out[model] = {split: {k: js[split].get(k) for k in
+                              ("n_documents", "n_documents_used", "n_text_tokens", "n_contexts")}
+                      for split in ("train", "eval") if split in js}
+    return out
+
+
+def to_markdown(rows: Sequence[Row], title: str = "Summary of the study",
+                data: Mapping[str, Any] | None = None) -> str:
     lines = [
         f"# {title}", "",
         "Generated from this run's outputs by `saestab.summary`. Intervals are 95% and come from "
@@ -715,6 +731,12 @@ def to_markdown(rows: Sequence[Row], title: str = "Summary of the study") -> str
         "are the dead-salmon comparison.", "",
         "| row | kind | statistic [95% CI] | floor | rule | verdict | health; convergence |",
         "|---|---|---|---|---|---|---|"]
+    data_lines = [f"- `{model}`: " + "; ".join(
+        f"{split} split {v.get('n_text_tokens')} tokens in {v.get('n_contexts')} contexts from "
+        f"{v.get('n_documents_used')} documents" for split, v in splits.items())
+        for model, splits in (data or {}).items()]
+    if data_lines:
+        lines[2:2] = ["Data:", *data_lines, ""]
     for r in rows:
         verdict = r.verdict if r.reason is None else f"{r.verdict} ({r.reason})"
         lines.append(f"| **{r.id}** {r.title if r.kind == CLAIM else ''} | {r.kind} | "
@@ -744,5 +766,5 @@ def _iv(v: Any) -> str:
     return str(v)
 
 
-def to_json(rows: Sequence[Row]) -> dict[str, Any]:
-    return {"rows": [asdict(r) for r in rows]}
+def to_json(rows: Sequence[Row], data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {"rows": [asdict(r) for r in rows], "data": dict(data or {})}
