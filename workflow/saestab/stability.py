@@ -343,10 +343,4 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def read_table(path: str | os.PathLike, what: str = "stability table (Parquet)") -> pd.DataFrame:
     """Read a Parquet table, raising :class:`saestab.io.InputError` naming the file."""
-    if not os.path.isfile(path):
-        raise io.InputError(f"{path}: expected a {what}, but the file does not exist")
-    try:
-        return pd.read_parquet(path, engine="pyarrow")
-    except Exception as err:  # pyarrow raises several unrelated types for corrupt files
-        raise io.InputError(f"{path}: expected a {what}, but it could not be read ({err})") \
-            from err
+    return io.read_parquet(path, what)
