@@ -1,6 +1,11 @@
 # Shared helpers: wildcard constraints, paths and input functions.
 import glob
 
+# Run-time settings (device, checkpoint cadence, evaluation batch and chunk sizes) are read by
+# the scripts from the config, never passed as params: changing them must not rerun finished
+# jobs. result_section() gives a config section without them.
+from saestab.runtime import result_section
+
 
 wildcard_constraints:
     model="[A-Za-z0-9_-]+",

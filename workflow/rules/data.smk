@@ -92,6 +92,5 @@ rule cache_activations:
         spec=model_spec,
         cache=config["cache"],
         random_seed=config["random_seed"],
-        device=config["device"],
     script:
         "../scripts/cache_activations.py"

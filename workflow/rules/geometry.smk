@@ -29,7 +29,6 @@ rule geometry:
         runtime=20,
     params:
         geometry=config["geometry"],
-        device=config["device"],
     script:
         "../scripts/geometry.py"
 

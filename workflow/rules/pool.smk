@@ -36,8 +36,6 @@ rule pool_saes:
         theta=config["stability"]["theta"],
         recipe=lambda wc: SAE_CFG["variants"][wc.variant],
         data_seed=SAE_CFG["data_seed"],
-        eval_batch_size=SAE_CFG["eval_batch_size"],
-        device=config["device"],
     script:
         "../scripts/pool_saes.py"
 

@@ -30,8 +30,7 @@ rule stability_census:
         mem_mb=8000,
         runtime=60,
     params:
-        stability=config["stability"],
-        device=config["device"],
+        stability=result_section(config, "stability"),
     script:
         "../scripts/stability_census.py"
 

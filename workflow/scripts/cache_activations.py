@@ -9,7 +9,7 @@ from saestab import activations, logs, models, runtime, tokens
 sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
 runtime.set_threads(sm.threads)
-device = runtime.resolve_device(sm.params.device)
+device = runtime.job_device(sm.config)
 cfg = sm.params.cache
 model_dir = Path(sm.input.model[0]).parent if sm.input.model else None
 model = models.load_model(sm.params.spec, sm.wildcards.weights, random_seed=sm.params.random_seed,

@@ -13,7 +13,7 @@ from saestab.activations import ActivationCache
 sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
 runtime.set_threads(sm.threads)
-device = runtime.resolve_device(sm.params.device)
+device = runtime.job_device(sm.config)
 cfg = sm.params.cfg
 seeds = census.seed_map(sm.input.groups)
 anchors = sorted(seeds)[: cfg["n_anchors"]]
@@ -29,7 +29,8 @@ if cfg["ce_contexts"] > 0:
 table, summary = masking.run_masking(
     seeds, stability.read_table(sm.input.features), cache, anchors=anchors, runners=runners,
     ce_contexts=contexts, outlier_threshold=cache.header["dropped"].get("outlier_threshold"),
-    seed=sm.params.seed, batch_size=cfg["batch_size"], ce_batch_size=cfg["ce_batch_size"],
+    seed=sm.params.seed, batch_size=runtime.setting(sm.config, "function.masking.batch_size"),
+    ce_batch_size=runtime.setting(sm.config, "function.masking.ce_batch_size"),
     device=device)
 summary["ce_contexts"] = 0 if contexts is None else len(contexts)
 stability.write_table(table, sm.output.table)

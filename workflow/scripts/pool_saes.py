@@ -10,7 +10,7 @@ from saestab.activations import ActivationCache
 sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
 runtime.set_threads(sm.threads)
-device = runtime.resolve_device(sm.params.device)
+device = runtime.job_device(sm.config)
 p = sm.params
 cfg = p.pool
 dirs = census.seed_dirs(sm.input.groups)  # the census's order: its pairwise table's index
@@ -26,7 +26,8 @@ study = pooling.run_pools(
     dirs, maxcos, train, ActivationCache.open(sm.input.eval), p.recipe, theta=p.theta,
     n_pools=cfg["n_pools"], post_tokens=tokens, warmup_steps=cfg["warmup_steps"],
     lr_scale=cfg["post_train_lr_scale"],
-    mass_tokens=cfg["mass_tokens"], data_seed=p.data_seed, eval_batch_size=p.eval_batch_size,
+    mass_tokens=cfg["mass_tokens"], data_seed=p.data_seed,
+    eval_batch_size=runtime.setting(sm.config, "sae.eval_batch_size"),
     device=device,
 )
 pooling.write_pools(study, Path(sm.output.summary).parent, sm.output.saes)

@@ -11,7 +11,7 @@ from saestab.activations import ActivationCache
 sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
 runtime.set_threads(sm.threads)
-device = runtime.resolve_device(sm.params.device)
+device = runtime.job_device(sm.config)
 cfg = sm.params.cfg
 seeds = census.seed_map(sm.input.groups)
 model_dir = Path(sm.input.model[0]).parent if sm.input.model else None
@@ -21,7 +21,7 @@ res = surface.run_surface(
     tokenizer, anchors=sorted(seeds)[: cfg["n_anchors"]], top_k=cfg["top_k"],
     single_token_share=cfg["single_token_share"], n_bins=cfg["frequency_bins"],
     n_browse=cfg["browse_features"], n_contexts=cfg["browse_contexts"], seed=sm.params.seed,
-    batch_size=cfg["batch_size"], device=device)
+    batch_size=runtime.setting(sm.config, "function.surface.batch_size"), device=device)
 res.summary["split"] = cfg["split"]
 stability.write_table(res.features, sm.output.features)
 stability.write_table(res.comparison, sm.output.comparison)
