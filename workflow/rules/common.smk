@@ -6,6 +6,9 @@ import glob
 # jobs. result_section() gives a config section without them.
 from saestab.runtime import result_section
 
+# Figure names, and the stage files each family of figures reads, are declared in one place.
+from saestab import figures
+
 
 wildcard_constraints:
     model="[A-Za-z0-9_-]+",
@@ -162,18 +165,11 @@ def pool_targets():
     ]
 
 
-CENSUS_FIGURES = [
-    "stability_cdf",
-    "p_hat_hist",
-    "stability_vs_frequency",
-    "theta_sweep",
-    "labels_vs_n",
-    "training_length",
-]
+CENSUS_FIGURES = figures.CENSUS.names
 
 
 # function.smk: masking and surface form (C3, C4)
-FUNCTION_FIGURES = ["masking_ev", "masking_ce", "frequency", "surface_form"]
+FUNCTION_FIGURES = figures.FUNCTION.names
 
 
 def function_configs():
@@ -199,7 +195,7 @@ def function_targets():
     ] + expand("results/figures/function/{figure}.png", figure=FUNCTION_FIGURES)
 
 
-GEOMETRY_FIGURES = ["spectra", "rank_vs_count", "transfer", "angles"]
+GEOMETRY_FIGURES = figures.GEOMETRY.names
 
 
 def geometry_configs():
@@ -228,7 +224,7 @@ def geometry_targets():
     )
 
 
-SYNTHETIC_FIGURES = ["recovery_by_rank", "stability_vs_recovery"]
+SYNTHETIC_FIGURES = figures.SYNTHETIC.names
 
 
 def synthetic_dir(c):
@@ -301,7 +297,9 @@ def all_targets():
     """Everything the default target builds: every stage of the study, figures and summary."""
     saes = [d for c in sae_configs() for d in sae_group_dirs(*c)]
     census = [census_file(c, "summary.json") for c in sae_configs()]
-    figures = expand("results/figures/census/{figure}.png", figure=CENSUS_FIGURES)
+    census_figures = expand(
+        "results/figures/census/{figure}.png", figure=CENSUS_FIGURES
+    )
     tables = ["results/tables/table1.md", "results/figures/census/table1.png"]
     optional = autointerp_targets()  # empty unless autointerp.endpoint is set
     return (
@@ -309,7 +307,7 @@ def all_targets():
         + cache_dirs("eval")
         + saes
         + census
-        + figures
+        + census_figures
         + tables
         + optional
         + function_targets()  # function.smk: masking and surface form (C3, C4)

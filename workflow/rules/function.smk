@@ -74,8 +74,7 @@ rule surface_stats:
 
 rule function_figure:
     input:
-        masking=[f"{function_dir(c)}/masking_summary.json" for c in function_configs()],
-        surface=[f"{function_dir(c)}/features.parquet" for c in function_configs()],
+        figures.FUNCTION.inputs([function_dir(c) for c in function_configs()]),
     output:
         report(
             "results/figures/function/{figure}.png",

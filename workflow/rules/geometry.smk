@@ -35,7 +35,7 @@ rule geometry:
 
 rule geometry_figure:
     input:
-        summaries=[f"{geometry_dir(c)}/summary.json" for c in geometry_configs()],
+        figures.GEOMETRY.inputs([geometry_dir(c) for c in geometry_configs()]),
     output:
         report(
             "results/figures/geometry/{figure}.png",
