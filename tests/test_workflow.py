@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -187,3 +188,49 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "tokens.context_length: 1 is less than the minimum of 2" in proc.stderr + proc.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_runtime_settings_rerun_nothing(workdir):
+    """Device, checkpoint cadence, evaluation batch and chunk sizes decide where and in what
+    pieces a job computes, not what: changing them after a run leaves nothing to do."""
+    runtime = ["device=auto", "sae={checkpoint_every: 7, eval_batch_size: 100}",
+               "stability={chunk_size: 3}",
+               "function={masking: {batch_size: 99, ce_batch_size: 1}, surface: {batch_size: 77}}"]
+    proc = snakemake(workdir, "--cores", "2", "-n", "--config", *runtime)
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
+    # the control: a setting that changes results does rerun
+    proc = snakemake(workdir, "--cores", "2", "-n", "--config", "stability={theta: 0.6}")
+    assert "stability_census" in proc.stdout
+
+
+def _copy(workdir: Path, dest: Path) -> Path:
+    shutil.copytree(workdir, dest, ignore=shutil.ignore_patterns(".snakemake"))
+    return dest
+
+
+def test_deleted_intermediates_are_rebuilt(workdir, tmp_path):
+    wd = _copy(workdir, tmp_path / "wd")
+    census = wd / "results/tiny/trained/blocks.1.hook_resid_post/stability/topk"
+    (census / "pairwise.json").unlink()
+    (census / "sweeps.parquet").unlink()
+    plan = snakemake(wd, "--cores", "2", "-n").stdout
+    for rule in ("stability_census", "pool_saes", "census_figure"):
+        assert rule in plan, rule
+    snakemake(wd, "--cores", "2", str(census.relative_to(wd) / "pairwise.json"))
+    assert (census / "pairwise.json").is_file() and (census / "sweeps.parquet").is_file()
+
+
+def test_failed_job_log_holds_the_error(workdir, tmp_path):
+    wd = _copy(workdir, tmp_path / "wd")
+    cache = wd / "results/tiny/trained/blocks.1.hook_resid_post/cache/eval"
+    shard = cache / "acts-00000.npy"
+    stat = shard.stat()
+    shard.write_bytes(shard.read_bytes()[:1000])
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # damaged, not updated
+    target = "results/tiny/trained/blocks.1.hook_resid_post/geometry/topk/summary.json"
+    proc = snakemake(wd, "--cores", "1", "--forcerun", "geometry", target, check=False)
+    assert proc.returncode != 0
+    log = (wd / "logs/tiny/trained/blocks.1.hook_resid_post/geometry/topk.log").read_text()
+    assert "Traceback (most recent call last)" in log
+    assert f"{shard}: expected an activation shard, but it is truncated or corrupt" in log
+    assert f"Delete the directory {cache} and rerun snakemake (rule cache_activations" in log
