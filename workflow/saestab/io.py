@@ -18,12 +18,9 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 class InputError(RuntimeError):
@@ -35,11 +32,10 @@ REBUILD = ("Delete it and rerun snakemake: a missing output is rebuilt by the ru
 """What to do about a broken workflow output, unless the caller knows better (a file inside a
 ``directory()`` output needs the whole directory deleted, and says so)."""
 
-# What numpy and pyarrow raise for truncated or garbled files: a short .npy read as a memory map
-# fails with "mmap length is greater than file size" (ValueError), a short one read eagerly with
-# EOFError or ValueError, a broken .npz with BadZipFile, a broken Parquet file with ArrowInvalid
-# (a ValueError) or OSError.
-_CORRUPT = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+# What numpy raises for truncated or garbled files: a short .npy read as a memory map fails with
+# "mmap length is greater than file size" (ValueError), a short one read eagerly with EOFError or
+# ValueError, a broken .npz with BadZipFile or OSError.
+CORRUPT = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 
 def _a(what: str) -> str:
@@ -65,7 +61,7 @@ def load_npy(path: str | os.PathLike, what: str = "numpy array (.npy)", *, mmap:
     _require_file(path, what, remedy)
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except _CORRUPT as err:
+    except CORRUPT as err:
         raise unreadable(path, what, err, remedy) from err
 
 
@@ -84,22 +80,7 @@ def load_npz(path: str | os.PathLike, keys: tuple[str, ...], what: str = "numpy 
                 raise InputError(f"{path}: expected {_a(what)} with arrays {list(keys)}, but "
                                  f"{missing} are missing. {remedy}")
             return {k: z[k] for k in keys}
-    except _CORRUPT as err:
-        raise unreadable(path, what, err, remedy) from err
-
-
-def read_parquet(path: str | os.PathLike, what: str = "table (Parquet)", *,
-                 remedy: str = REBUILD) -> pd.DataFrame:
-    """Read a Parquet file with pyarrow, naming the file on failure."""
-    # imported here: the data environment (fetch and corpus rules) has neither
-    import pandas as pd  # noqa: PLC0415
-    import pyarrow  # noqa: PLC0415
-
-    path = Path(path)
-    _require_file(path, what, remedy)
-    try:
-        return pd.read_parquet(path, engine="pyarrow")
-    except (*_CORRUPT, pyarrow.ArrowException) as err:
+    except CORRUPT as err:
         raise unreadable(path, what, err, remedy) from err
 
 

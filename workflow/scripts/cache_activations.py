@@ -1,7 +1,13 @@
 """One forward pass per batch over the train and eval contexts; activations at the hook to disk."""
 
+import os
 import sys
 from pathlib import Path
+
+# The model's files were fetched on the submitting host (fetch_model, fetch_hub_model); this job
+# reads them with the hub switched off, which only works if set before any HF library import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
 from saestab import activations, logs, models, runtime, tokens
@@ -11,7 +17,7 @@ log = logs.setup(sm.log[0])
 runtime.set_threads(sm.threads)
 device = runtime.job_device(sm.config)
 cfg = sm.params.cache
-model_dir = Path(sm.input.model[0]).parent if sm.input.model else None
+model_dir = models.fetched_dir(sm.input.model)
 model = models.load_model(sm.params.spec, sm.wildcards.weights, random_seed=sm.params.random_seed,
                           device=device, model_dir=model_dir, name=sm.wildcards.model)
 forward = model.forward_fn(sm.wildcards.hook)

@@ -16,7 +16,8 @@ elif source == "text_glob":
 else:
     hf = cfg["hf_dataset"]
     docs = corpus.hf_dataset_documents(hf["name"], split=hf["split"], text_field=hf["text_field"],
-                                       max_documents=hf["max_documents"], config=hf["config"])
+                                       max_documents=hf["max_documents"], config=hf["config"],
+                                       revision=hf["revision"])
 docs = [d for d in docs if len(d["text"]) >= cfg["min_chars"]]
 if not docs:
     raise io.InputError(f"corpus source {source!r} gave no documents of >= {cfg['min_chars']} "

@@ -1,8 +1,14 @@
 """Mask stable / unstable / mass-matched / random feature sets of the anchor SAEs of one
 configuration: ΔEV on the eval cache, ΔCE and KL with the reconstruction spliced into the model."""
 
+import os
 import sys
 from pathlib import Path
+
+# The model's files were fetched on the submitting host (fetch_model, fetch_hub_model); this job
+# reads them with the hub switched off, which only works if set before any HF library import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
 import numpy as np
@@ -20,7 +26,7 @@ anchors = sorted(seeds)[: cfg["n_anchors"]]
 cache = ActivationCache.open(sm.input.eval)
 runners, contexts = None, None
 if cfg["ce_contexts"] > 0:
-    model_dir = Path(sm.input.model[0]).parent if sm.input.model else None
+    model_dir = models.fetched_dir(sm.input.model)
     model = models.load_model(sm.params.spec, sm.wildcards.weights,
                               random_seed=sm.params.random_seed, device=device,
                               model_dir=model_dir, name=sm.wildcards.model)

@@ -1,8 +1,14 @@
 """Activation statistics, surface-form measures and top contexts of the anchor SAEs of one
 configuration, compared by stability label; an HTML browser of sampled features."""
 
+import os
 import sys
 from pathlib import Path
+
+# The model's files were fetched on the submitting host (fetch_model, fetch_hub_model); this job
+# reads them with the hub switched off, which only works if set before any HF library import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
 from saestab import census, io, logs, models, runtime, stability, surface
@@ -14,7 +20,7 @@ runtime.set_threads(sm.threads)
 device = runtime.job_device(sm.config)
 cfg = sm.params.cfg
 seeds = census.seed_map(sm.input.groups)
-model_dir = Path(sm.input.model[0]).parent if sm.input.model else None
+model_dir = models.fetched_dir(sm.input.model)
 tokenizer = models.load_tokenizer(sm.params.spec, model_dir)
 res = surface.run_surface(
     seeds, stability.read_table(sm.input.features), ActivationCache.open(sm.input.cache),
