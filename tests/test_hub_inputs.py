@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from saestab import fetch, models
+from saestab import fetch, metadata, models
 from saestab.config import ConfigError, validate_config
 
 from .conftest import REPO
@@ -86,7 +86,7 @@ def test_gguf_model_from_a_local_file(tmp_path):
     spec = {"source": "gguf", "path": str(file), "architecture_name": "org/base",
             "hooks": ["blocks.0.hook_resid_post"]}
     assert models.gguf_file(spec, model_dir=None) == file
-    assert models.hf_id(spec) == "org/base"
+    assert metadata.hf_id(spec) == "org/base"
     with pytest.raises(FileNotFoundError, match=r"missing\.gguf: GGUF file .* check "
                                                 r"models\.<name>\.path"):
         models.gguf_file(dict(spec, path=str(tmp_path / "missing.gguf")), model_dir=None)

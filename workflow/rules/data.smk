@@ -111,5 +111,8 @@ rule cache_activations:
         spec=model_spec,
         cache=config["cache"],
         random_seed=config["random_seed"],
+        # recorded in the cache header and copied into each SAE's cfg.json
+        tokens=config["tokens"],
+        corpus=config["corpus"],
     script:
         "../scripts/cache_activations.py"

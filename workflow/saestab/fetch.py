@@ -148,4 +148,38 @@ def hub_snapshot(repo_id: str, revision: str, dest: str | os.PathLike,
     return Path(dest)
 
 
-__all__ = ["FetchError", "download_wheel", "extract_member", "hub_snapshot"]
+HUB_PREFIX = "hf://"
+
+
+def sae_location(location: str | os.PathLike, revision: str | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local directory holding one SAE: ``location`` itself, or, for
+    ``hf://<org>/<repo>/<subfolder>``, that subfolder of a Hugging Face repository in SAELens's
+    release layout (``cfg.json`` and ``sae_weights.safetensors`` per SAE folder), downloaded at
+    ``revision`` into the hub cache. Only the one folder is downloaded, not the whole release.
+    """
+    text = str(location)
+    if not text.startswith(HUB_PREFIX):
+        return Path(location)
+    parts = text[len(HUB_PREFIX):].strip("/").split("/")
+    if len(parts) < 2:
+        raise ValueError(f"{text}: expected hf://<org>/<repo>[/<subfolder>]")
+    repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:])
+    from huggingface_hub import snapshot_download  # noqa: PLC0415 (only hub users need it)
+
+    pattern = f"{subfolder}/*" if subfolder else "*"
+    try:
+        root = snapshot_download(repo_id=repo_id, revision=revision, cache_dir=cache_dir,
+                                 allow_patterns=[pattern])
+    except Exception as err:  # noqa: BLE001 (network, auth, missing revision: all reported)
+        raise FetchError(f"download of {text} (revision {revision or 'main'}) failed "
+                         f"({type(err).__name__}: {err}); with no network, download the folder "
+                         "elsewhere and pass its local path") from err
+    path = Path(root) / subfolder
+    if not (path / "cfg.json").is_file():
+        raise FetchError(f"{text}: the repository has no cfg.json in {subfolder or 'its root'} "
+                         "(expected SAELens's layout: one folder per SAE)")
+    return path
+
+
+__all__ = ["FetchError", "download_wheel", "extract_member", "hub_snapshot", "sae_location"]

@@ -34,6 +34,7 @@ import torch
 
 from .activations import ForwardFn, hook_layer
 from .logs import get_logger
+from .metadata import hf_id
 
 log = get_logger("models")
 
@@ -230,18 +231,6 @@ def _hub_location(spec: dict[str, Any], model_dir: str | Path | None
     if model_dir is not None:
         return str(model_dir), {}
     return spec["name"], ({"revision": spec["revision"]} if spec.get("revision") else {})
-
-
-def hf_id(spec: dict[str, Any]) -> str | None:
-    """The Hugging Face id of the model a spec describes (what SAELens calls ``model_name``):
-    a hub model's name, or the checkpoint a GGUF file was converted from; None for a native
-    test model or a hub model given as a local directory."""
-    if spec.get("source") == "gguf":
-        return spec.get("architecture_name")
-    if spec.get("source") == "hub":
-        name = str(spec.get("name", ""))
-        return None if Path(name).is_dir() else name
-    return None
 
 
 def reinitialise_hf(hf_model: Any, seed: int) -> Any:
