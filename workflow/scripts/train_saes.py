@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
-from saestab import evaluation, io, logs, runtime, training
+from saestab import evaluation, io, logs, metadata, runtime, training
 from saestab.activations import ActivationCache
 from saestab.sae import load_sae
 
@@ -45,6 +45,7 @@ for seeds, data_seed in runs:
 # Evaluate every saved SAE (final and snapshots) on the eval split, beside its weights.
 sae_dirs = sorted(d.parent for d in staging.rglob("cfg.json"))
 for d in logs.progress(sae_dirs, desc="evaluating", unit="sae"):
+    metadata.annotate_cfg_json(d, train_cache.header)  # HF id, context, dataset for SAELens
     sae = load_sae(d).to(device)
     ev = evaluation.evaluate_sae(sae, eval_cache, device=device,
                                  batch_size=runtime.setting(sm.config, "sae.eval_batch_size"))
