@@ -80,6 +80,11 @@ def test_workflow_saes_and_census(workdir):
             assert 0.3 < ev["ev"] <= 1.0
             cfg = json.loads((base / "group0" / "seed0" / "cfg.json").read_text())
             assert cfg["hook_name"] == hook and cfg["d_in"] == 32 and cfg["d_sae"] == 64
+            meta = cfg["metadata"]  # what SAELens / SAEBench users read
+            assert (meta["model_name"], meta["context_size"], meta["prepend_bos"]) == \
+                ("tiny", 64, True)
+            assert meta["dataset_path"] == "local text files corpus/*.txt"
+            assert meta["model_weights"] == weights
             summary = json.loads((workdir / "results" / "tiny" / weights / hook / "stability" /
                                   variant / "summary.json").read_text())
             assert summary["n_seeds"] == 3
