@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
-from saestab import census, io, logs, matching, pooling, runtime
+from saestab import census, io, logs, matching, metadata, pooling, runtime
 from saestab.activations import ActivationCache
 
 sm = snakemake  # noqa: F821
@@ -31,3 +31,5 @@ study = pooling.run_pools(
     device=device,
 )
 pooling.write_pools(study, Path(sm.output.summary).parent, sm.output.saes)
+for cfg_json in Path(sm.output.saes).rglob("cfg.json"):  # model and data, for SAELens users
+    metadata.annotate_cfg_json(cfg_json.parent, train.header)
