@@ -108,7 +108,8 @@ def test_corrupt_cache_is_named(tmp_path, tiny_model):
     with pytest.raises(InputError, match=r"acts-00001\.npy: expected shape"):
         activations.ActivationCache.open(path)
     (path / "acts-00001.npy").unlink()
-    with pytest.raises(InputError, match=r"acts-00001\.npy: activation shard .* missing"):
+    with pytest.raises(InputError, match=r"acts-00001\.npy: expected an activation shard .* does "
+                       r"not exist\. Delete the directory .* \(rule cache_activations"):
         activations.ActivationCache.open(path)
     header = json.loads((path / "header.json").read_text())
     header["format"] = "something-else"

@@ -32,6 +32,9 @@ def test_config_is_paper_scale(path: Path) -> None:
     assert cfg["corpus"]["source"] == "hf_dataset" and cfg["corpus"]["hf_dataset"]["name"]
     for spec in cfg["models"].values():
         assert spec["source"] == "hub" and spec["name"]
+        assert re.fullmatch(r"[0-9a-f]{40}", spec["revision"]), "a hub model pinned to a commit"
+    assert re.fullmatch(r"[0-9a-f]{40}", cfg["corpus"]["hf_dataset"]["revision"]), \
+        "the dataset pinned to a commit"
     assert cfg["sae"]["n_seeds"] == 96
     assert cfg["stability"]["theta"] == 0.7 and cfg["stability"]["eps"] == 0.05
     variants = cfg["sae"]["variants"]
@@ -66,5 +69,6 @@ def test_config_dry_runs(path: Path, tmp_path: Path) -> None:
     assert int(counts["train_saes"]) == groups * (n_configs + n_synth)
     assert int(counts["stability_census"]) == n_configs + n_synth
     assert int(counts["pool_saes"]) == n_configs
+    assert int(counts["fetch_hub_model"]) == len(cfg["models"])  # one download per hub model
     # the header states the job count of the dry run
     assert f"jobs: {counts['total']} " in path.read_text()

@@ -216,8 +216,8 @@ def test_hf_dataset_documents_with_a_fake_datasets(monkeypatch) -> None:
     rows = [{"text": "first", "title": "T1"}, {"text": "  "}, {"text": "third"},
             {"text": "fourth"}]
 
-    def load_dataset(*args, split, streaming):
-        calls.append((args, split, streaming))
+    def load_dataset(*args, split, streaming, **kwargs):
+        calls.append((args, split, streaming, kwargs))
         return list(rows)
 
     monkeypatch.setitem(sys.modules, "datasets",
@@ -226,9 +226,9 @@ def test_hf_dataset_documents_with_a_fake_datasets(monkeypatch) -> None:
     assert docs == [{"id": "org/corpus/validation/0", "title": "T1", "text": "first"},
                     {"id": "org/corpus/validation/2", "title": "org/corpus/validation/2",
                      "text": "third"}]
-    assert calls == [(("org/corpus",), "validation", True)]
-    corpus.hf_dataset_documents("org/corpus", config="en", max_documents=1)
-    assert calls[-1][0] == ("org/corpus", "en")
+    assert calls == [(("org/corpus",), "validation", True, {})]
+    corpus.hf_dataset_documents("org/corpus", config="en", max_documents=1, revision="abc123")
+    assert calls[-1][0] == ("org/corpus", "en") and calls[-1][3] == {"revision": "abc123"}
     assert len(corpus.hf_dataset_documents("org/corpus")) == 3
     with pytest.raises(InputError, match="'body'"):
         corpus.hf_dataset_documents("org/corpus", text_field="body")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from saestab.activations import ActivationCache
 
@@ -79,6 +81,11 @@ def test_workflow_saes_and_census(workdir):
             assert 0.3 < ev["ev"] <= 1.0
             cfg = json.loads((base / "group0" / "seed0" / "cfg.json").read_text())
             assert cfg["hook_name"] == hook and cfg["d_in"] == 32 and cfg["d_sae"] == 64
+            meta = cfg["metadata"]  # what SAELens / SAEBench users read
+            assert (meta["model_name"], meta["context_size"], meta["prepend_bos"]) == \
+                ("tiny", 64, True)
+            assert meta["dataset_path"] == "local text files corpus/*.txt"
+            assert meta["model_weights"] == weights
             summary = json.loads((workdir / "results" / "tiny" / weights / hook / "stability" /
                                   variant / "summary.json").read_text())
             assert summary["n_seeds"] == 3
@@ -131,7 +138,8 @@ def test_workflow_pool_stage(workdir):
             assert all(0 < p["n_unique"] and p["n_filled"] == max(0, 64 - p["n_unique"])
                        for p in s["pools"])
             assert 0 < s["ev"]["pool_after"]["mean"] <= 1
-            assert (d / "saes" / "pool1" / "after" / "cfg.json").is_file()
+            pooled = json.loads((d / "saes" / "pool1" / "after" / "cfg.json").read_text())
+            assert pooled["metadata"]["context_size"] == 64
     assert not (workdir / "results" / "tiny" / "trained" / hook / "pool" / "topk-dataseed").exists()
     table = (workdir / "results" / "tables" / "pool_table.md").read_text().strip().splitlines()
     assert len(table) == 2 + 3
@@ -204,3 +212,68 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "tokens.context_length: 1 is less than the minimum of 2" in proc.stderr + proc.stdout
     assert not (tmp_path / "results").exists()
+
+
+def _with_config(tmp_path: Path, **changes: dict) -> Path:
+    """tests/config.yaml with the sections in ``changes`` updated (one level deep).
+
+    (``--config`` cannot do this: it passes nested values as strings.)"""
+    cfg = yaml.safe_load((REPO / "tests" / "config.yaml").read_text())
+    for key, value in changes.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # params compare in key order
+    return path
+
+
+def test_runtime_settings_rerun_nothing(workdir, tmp_path):
+    """Device, checkpoint cadence, evaluation batch and chunk sizes decide where and in what
+    pieces a job computes, not what: changing them after a run leaves nothing to do."""
+    changed = _with_config(
+        tmp_path, device="auto", sae={"checkpoint_every": 7, "eval_batch_size": 100},
+        stability={"chunk_size": 3},
+        function={"masking": {"n_anchors": 2, "ce_contexts": 4, "ce_batch_size": 1,
+                              "batch_size": 99},
+                  "surface": {"n_anchors": 3, "top_k": 16, "browse_features": 3,
+                              "browse_contexts": 4, "batch_size": 77}})
+    proc = snakemake(workdir, "--cores", "2", "-n", "--configfile", str(changed))
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
+    # the control: a setting that changes results does rerun
+    changed = _with_config(tmp_path, stability={"theta": 0.6})
+    proc = snakemake(workdir, "--cores", "2", "-n", "--configfile", str(changed))
+    assert "stability_census" in proc.stdout
+
+
+def _copy(workdir: Path, dest: Path) -> Path:
+    shutil.copytree(workdir, dest, ignore=shutil.ignore_patterns(".snakemake"))
+    return dest
+
+
+def test_deleted_intermediates_are_rebuilt(workdir, tmp_path):
+    wd = _copy(workdir, tmp_path / "wd")
+    census = wd / "results/tiny/trained/blocks.1.hook_resid_post/stability/topk"
+    (census / "pairwise.json").unlink()
+    (census / "sweeps.parquet").unlink()
+    plan = snakemake(wd, "--cores", "2", "-n").stdout
+    for rule in ("stability_census", "pool_saes", "census_figure"):
+        assert rule in plan, rule
+    snakemake(wd, "--cores", "2", str(census.relative_to(wd) / "pairwise.json"))
+    assert (census / "pairwise.json").is_file() and (census / "sweeps.parquet").is_file()
+
+
+def test_failed_job_log_holds_the_error(workdir, tmp_path):
+    wd = _copy(workdir, tmp_path / "wd")
+    cache = wd / "results/tiny/trained/blocks.1.hook_resid_post/cache/eval"
+    shard = cache / "acts-00000.npy"
+    stat = shard.stat()
+    shard.write_bytes(shard.read_bytes()[:1000])
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # damaged, not updated
+    target = "results/tiny/trained/blocks.1.hook_resid_post/geometry/topk/summary.json"
+    proc = snakemake(wd, "--cores", "1", "--forcerun", "geometry", target, check=False)
+    assert proc.returncode != 0
+    log = (wd / "logs/tiny/trained/blocks.1.hook_resid_post/geometry/topk.log").read_text()
+    assert "Traceback (most recent call last)" in log
+    rel = cache.relative_to(wd)  # jobs run in the working directory
+    assert f"{rel}/acts-00000.npy: expected an activation shard listed in the header, but it " \
+        "is truncated or corrupt" in log
+    assert f"Delete the directory {rel} and rerun snakemake (rule cache_activations" in log

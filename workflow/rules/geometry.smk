@@ -29,14 +29,13 @@ rule geometry:
         runtime=20,
     params:
         geometry=config["geometry"],
-        device=config["device"],
     script:
         "../scripts/geometry.py"
 
 
 rule geometry_figure:
     input:
-        summaries=[f"{geometry_dir(c)}/summary.json" for c in geometry_configs()],
+        figures.GEOMETRY.inputs([geometry_dir(c) for c in geometry_configs()]),
     output:
         report(
             "results/figures/geometry/{figure}.png",

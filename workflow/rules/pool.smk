@@ -10,6 +10,7 @@ rule pool_saes:
     input:
         groups=lambda wc: sae_group_dirs(wc.model, wc.weights, wc.hook, wc.variant),
         pairwise="results/{model}/{weights}/{hook}/stability/{variant}/pairwise.npz",
+        pairwise_meta="results/{model}/{weights}/{hook}/stability/{variant}/pairwise.json",
         train="results/{model}/{weights}/{hook}/cache/train",
         eval="results/{model}/{weights}/{hook}/cache/eval",
     output:
@@ -36,8 +37,6 @@ rule pool_saes:
         theta=config["stability"]["theta"],
         recipe=lambda wc: SAE_CFG["variants"][wc.variant],
         data_seed=SAE_CFG["data_seed"],
-        eval_batch_size=SAE_CFG["eval_batch_size"],
-        device=config["device"],
     script:
         "../scripts/pool_saes.py"
 

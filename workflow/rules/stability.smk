@@ -15,6 +15,9 @@ rule stability_census:
         features="results/{model}/{weights}/{hook}/stability/{variant}/features.parquet",
         summary="results/{model}/{weights}/{hook}/stability/{variant}/summary.json",
         pairwise="results/{model}/{weights}/{hook}/stability/{variant}/pairwise.npz",
+        pairwise_meta="results/{model}/{weights}/{hook}/stability/{variant}/pairwise.json",
+        fractions="results/{model}/{weights}/{hook}/stability/{variant}/fractions.csv",
+        evals="results/{model}/{weights}/{hook}/stability/{variant}/evals.csv",
         sweeps="results/{model}/{weights}/{hook}/stability/{variant}/sweeps.parquet",
         n_subsample="results/{model}/{weights}/{hook}/stability/{variant}/n_subsample.parquet",
         training_length=(
@@ -31,15 +34,14 @@ rule stability_census:
         mem_mb=8000,
         runtime=60,
     params:
-        stability=config["stability"],
-        device=config["device"],
+        stability=result_section(config, "stability"),
     script:
         "../scripts/stability_census.py"
 
 
 rule census_figure:
     input:
-        summaries=[census_file(c, "summary.json") for c in sae_configs()],
+        figures.CENSUS.inputs([census_dir(c) for c in sae_configs()]),
     output:
         report(
             "results/figures/census/{figure}.png",

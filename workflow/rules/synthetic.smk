@@ -29,6 +29,7 @@ rule synthetic_cache:
 rule synthetic_recovery:
     input:
         truth="results/{model}/synthetic/{hook}/truth.npz",
+        truth_json="results/{model}/synthetic/{hook}/truth.json",
         groups=lambda wc: sae_group_dirs(wc.model, "synthetic", wc.hook, wc.variant),
         features="results/{model}/synthetic/{hook}/stability/{variant}/features.parquet",
     output:
@@ -54,6 +55,7 @@ rule synthetic_recovery:
 rule synthetic_figure:
     input:
         summaries=[f"{synthetic_dir(c)}/summary.json" for c in synthetic_configs()],
+        tables=figures.SYNTHETIC.inputs([synthetic_dir(c) for c in synthetic_configs()]),
     output:
         report(
             "results/figures/synthetic/{figure}.png",

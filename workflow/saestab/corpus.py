@@ -441,12 +441,15 @@ def text_glob_documents(pattern: str) -> list[Document]:
 
 def hf_dataset_documents(name: str, split: str = "train", text_field: str = "text",
                          max_documents: int | None = None, config: str | None = None,
-                         title_field: str | None = "title") -> list[Document]:
-    """Documents from a Hugging Face dataset, streamed with ``datasets.load_dataset``.
+                         title_field: str | None = "title",
+                         revision: str | None = None) -> list[Document]:
+    """Documents from a Hugging Face dataset at ``revision``, streamed with
+    ``datasets.load_dataset`` (only the first ``max_documents`` are read, not the whole dataset).
 
     Rows with an empty ``text_field`` are skipped. The id is ``"<name>/<split>/<row>"``; the
     title is ``title_field`` when the row has it, else the id. Needs the optional ``datasets``
-    package.
+    package. The workflow runs this on the submitting host (``extract_corpus`` is a local rule),
+    so compute nodes need no network.
     """
     try:
         import datasets  # noqa: PLC0415 (optional dependency)
@@ -454,7 +457,8 @@ def hf_dataset_documents(name: str, split: str = "train", text_field: str = "tex
         raise ImportError("hf_dataset_documents needs the Hugging Face 'datasets' package: "
                           "pip install datasets") from err
     args: tuple[str, ...] = (name,) if config is None else (name, config)
-    rows = datasets.load_dataset(*args, split=split, streaming=True)
+    kwargs = {"revision": revision} if revision else {}
+    rows = datasets.load_dataset(*args, split=split, streaming=True, **kwargs)
     docs: list[Document] = []
     for i, row in enumerate(rows):
         if max_documents is not None and len(docs) >= max_documents:

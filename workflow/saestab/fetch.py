@@ -1,13 +1,16 @@
-"""Fetch pinned files out of Python wheels: ``pip download`` one wheel, extract one member.
+"""Fetch pinned inputs: one file out of a Python wheel, or a Hugging Face model at a revision.
 
 Small test corpora ship inside published wheels (e.g. gensim's Wikipedia sample), so fetching one
 is a ``pip download`` through the user's ordinary package index plus a checksum-verified
-extraction. Both steps write atomically: an interrupted or failed fetch leaves nothing behind.
+extraction. Hub models are downloaded once, on the submitting host (cluster nodes often have no
+internet), into ``resources/``; every later job reads that directory with the hub switched off.
+Every step writes atomically: an interrupted or failed fetch leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -110,4 +113,73 @@ def extract_member(wheel: str | os.PathLike, member: str, dest: str | os.PathLik
     return dest
 
 
-__all__ = ["FetchError", "download_wheel", "extract_member"]
+# Weight formats other frameworks need and a PyTorch load does not (they can double or triple a
+# download: gemma-2-2b also ships a 10 GB GGUF file).
+HUB_IGNORE = ("*.msgpack", "*.h5", "*.ot", "*.onnx", "onnx/*", "*.gguf", "*.tflite",
+              "flax_model*", "tf_model*", "rust_model*", "coreml/*", "original/*")
+SOURCE_FILE = "source.json"
+"""Written beside a fetched snapshot: the repository and revision it came from."""
+
+
+def hub_snapshot(repo_id: str, revision: str, dest: str | os.PathLike,
+                 ignore_patterns: tuple[str, ...] = HUB_IGNORE) -> Path:
+    """Download the Hugging Face model ``repo_id`` at ``revision`` into the directory ``dest``.
+
+    ``revision`` should be a commit hash (a branch moves); ``dest`` then holds exactly that
+    snapshot, loadable with ``from_pretrained(dest)`` and no network, plus :data:`SOURCE_FILE`.
+    Raises :class:`FetchError` naming the repository and revision if the download fails.
+    """
+    from huggingface_hub import snapshot_download  # noqa: PLC0415 (only fetch jobs need it)
+
+    if not revision:
+        raise ValueError(f"{repo_id}: a revision (commit hash) is required to pin the download")
+    with atomic_path(dest) as tmp:
+        log.info("downloading %s at revision %s", repo_id, revision)
+        try:
+            snapshot_download(repo_id=repo_id, revision=revision, local_dir=tmp,
+                              ignore_patterns=list(ignore_patterns))
+        except Exception as err:  # noqa: BLE001 (network, auth, missing revision: all reported)
+            raise FetchError(f"download of {repo_id} at revision {revision} failed "
+                             f"({type(err).__name__}: {err}). Check the name and revision, "
+                             "network access, and HF_TOKEN for gated models.") from err
+        (tmp / SOURCE_FILE).write_text(json.dumps(
+            {"repo_id": repo_id, "revision": revision}, indent=2) + "\n")
+    log.info("wrote %s", dest)
+    return Path(dest)
+
+
+HUB_PREFIX = "hf://"
+
+
+def sae_location(location: str | os.PathLike, revision: str | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local directory holding one SAE: ``location`` itself, or, for
+    ``hf://<org>/<repo>/<subfolder>``, that subfolder of a Hugging Face repository in SAELens's
+    release layout (``cfg.json`` and ``sae_weights.safetensors`` per SAE folder), downloaded at
+    ``revision`` into the hub cache. Only the one folder is downloaded, not the whole release.
+    """
+    text = str(location)
+    if not text.startswith(HUB_PREFIX):
+        return Path(location)
+    parts = text[len(HUB_PREFIX):].strip("/").split("/")
+    if len(parts) < 2:
+        raise ValueError(f"{text}: expected hf://<org>/<repo>[/<subfolder>]")
+    repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:])
+    from huggingface_hub import snapshot_download  # noqa: PLC0415 (only hub users need it)
+
+    pattern = f"{subfolder}/*" if subfolder else "*"
+    try:
+        root = snapshot_download(repo_id=repo_id, revision=revision, cache_dir=cache_dir,
+                                 allow_patterns=[pattern])
+    except Exception as err:  # noqa: BLE001 (network, auth, missing revision: all reported)
+        raise FetchError(f"download of {text} (revision {revision or 'main'}) failed "
+                         f"({type(err).__name__}: {err}); with no network, download the folder "
+                         "elsewhere and pass its local path") from err
+    path = Path(root) / subfolder
+    if not (path / "cfg.json").is_file():
+        raise FetchError(f"{text}: the repository has no cfg.json in {subfolder or 'its root'} "
+                         "(expected SAELens's layout: one folder per SAE)")
+    return path
+
+
+__all__ = ["FetchError", "download_wheel", "extract_member", "hub_snapshot", "sae_location"]

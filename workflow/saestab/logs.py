@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from types import TracebackType
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -17,7 +18,9 @@ T = TypeVar("T")
 def setup(log_path: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:
     """Configure the ``saestab`` logger to write to ``log_path`` (if given) and stderr.
 
-    Call once at the top of a rule's script with ``snakemake.log[0]``.
+    Call once at the top of a rule's script with ``snakemake.log[0]``. With a log file, an
+    exception that ends the script is also written there with its traceback (see
+    :func:`log_uncaught_exceptions`).
     """
     logger = logging.getLogger("saestab")
     logger.setLevel(level)
@@ -34,7 +37,31 @@ def setup(log_path: str | os.PathLike | None = None, level: int = logging.INFO) 
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     logger.propagate = False
+    if log_path is not None:
+        log_uncaught_exceptions(logger)
     return logger
+
+
+def log_uncaught_exceptions(logger: logging.Logger) -> None:
+    """Write the traceback of an exception that ends the process to ``logger``'s log files.
+
+    Snakemake shows a rule's log file (``--show-failed-logs``, SLURM job logs), not the stderr
+    of its script, so without this a failed job's log ends without the error. The record goes
+    to the file handlers only (the default hook still prints it once to stderr). Installed as
+    ``sys.excepthook``: it sees every uncaught exception of the main thread, which is where a
+    rule's script runs, without wrapping each script's body.
+    """
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        record = logger.makeRecord(logger.name, logging.ERROR, "(uncaught)", 0,
+                                   "job failed with %s", (exc_type.__name__,),
+                                   (exc_type, exc, tb))
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+        sys.__excepthook__(exc_type, exc, tb)
+
+    sys.excepthook = hook
 
 
 def get_logger(name: str) -> logging.Logger:

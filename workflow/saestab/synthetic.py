@@ -211,12 +211,9 @@ def read_truth(path: str | Path) -> Truth:
     meta = io.read_json(path.with_suffix(".json"), what="synthetic ground-truth sidecar")
     if meta.get("format") != TRUTH_FORMAT:
         raise io.InputError(f"{path.with_suffix('.json')}: expected format {TRUTH_FORMAT!r}")
-    try:
-        with np.load(path) as z:
-            points = z["points"]
-            groups = [z[f"group_{g}"] for g in range(int(meta["n_groups"]))]
-    except (OSError, KeyError, ValueError) as err:
-        raise io.InputError(f"{path}: not a readable ground-truth file ({err})") from None
+    keys = ("points", *(f"group_{g}" for g in range(int(meta["n_groups"]))))
+    z = io.load_npz(path, keys, "synthetic ground truth (.npz)")
+    points, groups = z["points"], [z[k] for k in keys[1:]]
     comps = meta["components"]
     return Truth(points=points, groups=groups, point_prob=float(meta["spec"]["point_prob"]),
                  group_probs=[c["prob"] for c in comps if c["kind"] == "group"])

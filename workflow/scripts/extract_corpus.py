@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
-from saestab import corpus, logs
+from saestab import corpus, io, logs
 
 log = logs.setup(snakemake.log[0])  # noqa: F821
 cfg = snakemake.params.corpus  # noqa: F821
@@ -16,9 +16,11 @@ elif source == "text_glob":
 else:
     hf = cfg["hf_dataset"]
     docs = corpus.hf_dataset_documents(hf["name"], split=hf["split"], text_field=hf["text_field"],
-                                       max_documents=hf["max_documents"], config=hf["config"])
+                                       max_documents=hf["max_documents"], config=hf["config"],
+                                       revision=hf["revision"])
 docs = [d for d in docs if len(d["text"]) >= cfg["min_chars"]]
 if not docs:
-    raise SystemExit(f"corpus source {source!r} gave no documents of >= {cfg['min_chars']} chars")
+    raise io.InputError(f"corpus source {source!r} gave no documents of >= {cfg['min_chars']} "
+                        "characters; check corpus.* in the config")
 corpus.write_documents(snakemake.output[0], docs)  # noqa: F821
 log.info("%d documents, %d characters", len(docs), sum(len(d["text"]) for d in docs))

@@ -15,7 +15,7 @@ g = subspaces.run_geometry(
     max_pairs=p["max_pairs"], max_rows=p["max_rows"], count_fractions=p["count_fractions"],
     min_frequency=p["min_frequency"], min_features=p["min_features"],
     n_bootstrap=p["n_bootstrap"], seed=p["seed"],
-    device=str(runtime.resolve_device(sm.params.device)),
+    device=str(runtime.job_device(sm.config)),
 )
 subspaces.write_geometry(g, Path(sm.output.summary).parent)
 t = g.summary["transfer"].get("directions", {})

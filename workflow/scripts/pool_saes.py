@@ -4,13 +4,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
-from saestab import census, io, logs, matching, pooling, runtime
+from saestab import census, io, logs, matching, metadata, pooling, runtime
 from saestab.activations import ActivationCache
 
 sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
 runtime.set_threads(sm.threads)
-device = runtime.resolve_device(sm.params.device)
+device = runtime.job_device(sm.config)
 p = sm.params
 cfg = p.pool
 dirs = census.seed_dirs(sm.input.groups)  # the census's order: its pairwise table's index
@@ -26,7 +26,10 @@ study = pooling.run_pools(
     dirs, maxcos, train, ActivationCache.open(sm.input.eval), p.recipe, theta=p.theta,
     n_pools=cfg["n_pools"], post_tokens=tokens, warmup_steps=cfg["warmup_steps"],
     lr_scale=cfg["post_train_lr_scale"],
-    mass_tokens=cfg["mass_tokens"], data_seed=p.data_seed, eval_batch_size=p.eval_batch_size,
+    mass_tokens=cfg["mass_tokens"], data_seed=p.data_seed,
+    eval_batch_size=runtime.setting(sm.config, "sae.eval_batch_size"),
     device=device, n_splits=cfg["n_splits"], split_seed=cfg["seed"],
 )
 pooling.write_pools(study, Path(sm.output.summary).parent, sm.output.saes)
+for cfg_json in Path(sm.output.saes).rglob("cfg.json"):  # model and data, for SAELens users
+    metadata.annotate_cfg_json(cfg_json.parent, train.header)

@@ -10,11 +10,12 @@ sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
 runtime.set_threads(sm.threads)
 cfg = sm.params.stability
-device = str(runtime.resolve_device(sm.params.device))
+device = str(runtime.job_device(sm.config))
 c = census.run_census(sm.input.groups, theta=cfg["theta"], eps=cfg["eps"], thetas=cfg["thetas"],
                       epss=cfg["epss"], n_draws=cfg["n_draws"],
                       hungarian_pairs=cfg["hungarian_pairs"], seed=cfg["seed"], device=device,
-                      chunk_size=cfg["chunk_size"], train_cache=sm.input.train,
+                      chunk_size=runtime.setting(sm.config, "stability.chunk_size"),
+                      train_cache=sm.input.train,
                       train_tokens=cfg["train_tokens"],
                       convergence_threshold=cfg["convergence_threshold"])
 census.write_census(c, Path(sm.output.summary).parent)

@@ -1,8 +1,14 @@
 """Activation statistics, surface-form measures and top contexts of the anchor SAEs of one
 configuration, compared by stability label; an HTML browser of sampled features."""
 
+import os
 import sys
 from pathlib import Path
+
+# The model's files were fetched on the submitting host (fetch_model, fetch_hub_model); this job
+# reads them with the hub switched off, which only works if set before any HF library import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
 from saestab import census, io, logs, models, runtime, stability, surface
@@ -11,17 +17,17 @@ from saestab.activations import ActivationCache
 sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
 runtime.set_threads(sm.threads)
-device = runtime.resolve_device(sm.params.device)
+device = runtime.job_device(sm.config)
 cfg = sm.params.cfg
 seeds = census.seed_map(sm.input.groups)
-model_dir = Path(sm.input.model[0]).parent if sm.input.model else None
+model_dir = models.fetched_dir(sm.input.model)
 tokenizer = models.load_tokenizer(sm.params.spec, model_dir)
 res = surface.run_surface(
     seeds, stability.read_table(sm.input.features), ActivationCache.open(sm.input.cache),
     tokenizer, anchors=sorted(seeds)[: cfg["n_anchors"]], top_k=cfg["top_k"],
     single_token_share=cfg["single_token_share"], n_bins=cfg["frequency_bins"],
     n_browse=cfg["browse_features"], n_contexts=cfg["browse_contexts"], seed=sm.params.seed,
-    batch_size=cfg["batch_size"], device=device)
+    batch_size=runtime.setting(sm.config, "function.surface.batch_size"), device=device)
 res.summary["split"] = cfg["split"]
 stability.write_table(res.features, sm.output.features)
 stability.write_table(res.comparison, sm.output.comparison)

@@ -1,7 +1,13 @@
 """Documents -> fixed-length token contexts, split into train and eval by document."""
 
+import os
 import sys
 from pathlib import Path
+
+# The model's files were fetched on the submitting host (fetch_model, fetch_hub_model); this job
+# reads them with the hub switched off, which only works if set before any HF library import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
 from saestab import corpus, logs, models, tokens
@@ -9,7 +15,7 @@ from saestab import corpus, logs, models, tokens
 sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
 cfg = sm.params.tokens
-model_dir = Path(sm.input.model[0]).parent if sm.input.model else None
+model_dir = models.fetched_dir(sm.input.model)
 tok = models.load_tokenizer(sm.params.spec, model_dir=model_dir)
 docs = corpus.read_documents(sm.input.documents)
 result = tokens.tokenize_corpus(

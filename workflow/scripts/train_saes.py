@@ -5,14 +5,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
-from saestab import evaluation, io, logs, runtime, training
+from saestab import evaluation, io, logs, metadata, runtime, training
 from saestab.activations import ActivationCache
 from saestab.sae import load_sae
 
 sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
 runtime.set_threads(sm.threads)
-device = runtime.resolve_device(sm.params.device)
+device = runtime.job_device(sm.config)
 p = sm.params
 recipe = {k: v for k, v in p.variant.items() if v is not None and k != "vary_data_seed"}
 cfg = training.TrainConfig(**recipe)
@@ -34,7 +34,8 @@ for seeds, data_seed in runs:
         train_cache, cfg, seeds, data_seed,
         out_dirs=[staging / f"seed{s}" for s in seeds], device=device,
         checkpoint_dir=work / f"checkpoint-seeds{'-'.join(map(str, seeds))}",
-        checkpoint_every=p.checkpoint_every, snapshots_at_epochs=p.snapshots,
+        checkpoint_every=runtime.setting(sm.config, "sae.checkpoint_every"),
+        snapshots_at_epochs=p.snapshots,
     )
     # (the loss curve is in each SAE's training.json; this keeps the job-level timing)
     summaries.append({"init_seeds": seeds, "data_seed": data_seed, "steps": result.steps,
@@ -44,8 +45,10 @@ for seeds, data_seed in runs:
 # Evaluate every saved SAE (final and snapshots) on the eval split, beside its weights.
 sae_dirs = sorted(d.parent for d in staging.rglob("cfg.json"))
 for d in logs.progress(sae_dirs, desc="evaluating", unit="sae"):
+    metadata.annotate_cfg_json(d, train_cache.header)  # HF id, context, dataset for SAELens
     sae = load_sae(d).to(device)
-    ev = evaluation.evaluate_sae(sae, eval_cache, batch_size=p.eval_batch_size, device=device)
+    ev = evaluation.evaluate_sae(sae, eval_cache, device=device,
+                                 batch_size=runtime.setting(sm.config, "sae.eval_batch_size"))
     evaluation.write_evaluation(ev, d)
     if d.parent == staging:
         log.info("%s: EV %.4f, L0 %.1f, dead %.3f", d.name, ev["ev"], ev["l0"],
