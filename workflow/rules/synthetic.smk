@@ -54,8 +54,8 @@ rule synthetic_recovery:
 
 rule synthetic_figure:
     input:
-        summaries=[f"{synthetic_dir(c)}/summary.json" for c in synthetic_configs()],
-        tables=figures.SYNTHETIC.inputs([synthetic_dir(c) for c in synthetic_configs()]),
+        summaries=[f"{synthetic_dir(c)}/summary.json" for c in recovery_configs()],
+        tables=figures.SYNTHETIC.inputs([synthetic_dir(c) for c in recovery_configs()]),
     output:
         report(
             "results/figures/synthetic/{figure}.png",
@@ -68,7 +68,7 @@ rule synthetic_figure:
         "../../envs/analysis.yaml"
     params:
         configs=[
-            dict(census_config(c), dir=synthetic_dir(c)) for c in synthetic_configs()
+            dict(census_config(c), dir=synthetic_dir(c)) for c in recovery_configs()
         ],
     script:
         "../scripts/synthetic_figure.py"
