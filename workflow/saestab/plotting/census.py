@@ -19,11 +19,15 @@ from .base import Config, finish_panels, label, save, style, weights_panels
 
 
 def _features(c: Config) -> pd.DataFrame:
-    return stability.read_table(Path(c["dir"]) / "features.parquet")
+    """The census table of a configuration, live latents only (dead ones sit at their
+    initialisation and are a label of their own, reported beside the shares)."""
+    df = stability.read_table(Path(c["dir"]) / "features.parquet")
+    return df[df["label"].astype(str) != "dead"]
 
 
 def stability_cdf(configs: Sequence[Config], out: str | Path) -> None:
-    """Empirical CDF of p̂ over features (all anchors pooled), trained and random side by side."""
+    """Empirical CDF of p̂ over live features (all anchors pooled), trained and random side by
+    side."""
     style()
     fig, panels = weights_panels(configs)
     for c in configs:
@@ -31,7 +35,7 @@ def stability_cdf(configs: Sequence[Config], out: str | Path) -> None:
         x, F = stability.ecdf(df["p_hat"].to_numpy())
         panels[c["weights"]].step(np.r_[0, x], np.r_[0, F], where="post", label=label(c))
     finish_panels(fig, panels, out, xlabel="stability p̂ (share of other seeds with a match)",
-                   ylabel="fraction of features ≤ p̂", ylim=(0, 1.01), xlim=(-0.02, 1.02))
+                   ylabel="fraction of live features ≤ p̂", ylim=(0, 1.01), xlim=(-0.02, 1.02))
 
 
 def p_hat_hist(configs: Sequence[Config], out: str | Path) -> None:
