@@ -273,3 +273,80 @@ def test_c3_null_of_equal_effect_has_ratio_near_one(tmp_path: Path) -> None:
     assert abs(null["mean"] - 1) < 0.2
     assert null["ci_low"] < 1 < null["ci_high"]  # never "reproduced" at a 1.5 floor
     assert null["ci_low"] < 1.5
+
+
+def test_prefix_reuse_gives_the_full_rerun_numbers(tiny_model) -> None:
+    """Resuming after the hook (blocks before it replayed) equals re-running the whole model."""
+    hook = "blocks.0.hook_resid_post"  # the tiny model's block 1 runs after it
+    rng = np.random.default_rng(3)
+    contexts = rng.integers(0, 256, (6, 24))
+    sae = random_sae(32, 64, seed=7)
+    sets = {"some": np.arange(0, 64, 3), "all_features": np.arange(64)}
+    full = masking.spliced_loss(*masking.bridge_runners(tiny_model.bridge, hook,
+                                                        reuse_prefix=False),
+                                sae, contexts, sets, batch_size=4)
+    calls: list[int] = []
+    handle = tiny_model.bridge.blocks[0].mlp.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        reused = masking.spliced_loss(*masking.bridge_runners(tiny_model.bridge, hook), sae,
+                                      contexts, sets, batch_size=4)
+    finally:
+        handle.remove()
+    # block 0 ran in the two clean runs and the one check against a full re-run, not per
+    # condition (2 batches x 3 sets x 2 error modes)
+    assert len(calls) == 3
+    for col in ("ce", "delta_ce", "kl"):
+        np.testing.assert_allclose(reused[col], full[col], rtol=0, atol=1e-5)
+    assert full.loc[full["set"] == "all_features", "kl"].min() > 1e-3  # the patch mattered
+    # after the runs the blocks compute again: a fresh clean run is the model's own
+    with torch.no_grad():
+        logits = tiny_model.bridge(torch.from_numpy(contexts))
+        direct, _ = tiny_model.bridge.run_with_cache(torch.from_numpy(contexts))
+    torch.testing.assert_close(logits, direct)
+
+
+def test_prefix_reuse_falls_back_when_the_resumed_run_differs(tiny_model, monkeypatch,
+                                                              caplog) -> None:
+    hook = "blocks.0.hook_resid_post"
+    contexts = np.random.default_rng(4).integers(0, 256, (4, 16))
+    sae = random_sae(32, 64, seed=8)
+    sets = {"some": np.arange(0, 64, 5)}
+    full = masking.spliced_loss(*masking.bridge_runners(tiny_model.bridge, hook,
+                                                        reuse_prefix=False),
+                                sae, contexts, sets, batch_size=2)
+    resume = masking._resume
+    monkeypatch.setattr(masking, "_resume", lambda *a: resume(*a) * 2)
+    with caplog.at_level("WARNING"):
+        broken = masking.spliced_loss(*masking.bridge_runners(tiny_model.bridge, hook), sae,
+                                      contexts, sets, batch_size=2)
+    assert "re-running the whole model" in caplog.text
+    np.testing.assert_allclose(broken["ce"], full["ce"], rtol=0, atol=1e-5)
+
+
+def test_run_masking_spliced_loss_fills_the_c3_block(tmp_path: Path, tiny_model) -> None:
+    hook = "blocks.1.hook_resid_post"
+    rng = np.random.default_rng(5)
+    contexts = rng.integers(0, 256, (12, 16))
+    cache = write_cache(tmp_path / "cache", tiny_model.forward_fn(hook), contexts, d=32,
+                        bos_token_id=None, outlier_factor=None)
+    saes = {s: random_sae(32, 48, seed=20 + s) for s in range(3)}
+    rows = []
+    for s in range(3):
+        labels = rng.choice(["stable", "unstable", "dead"], size=48, p=[0.3, 0.6, 0.1])
+        rows.append(census_rows(s, labels, rng.uniform(1, 2, 48), rng.uniform(1, 4, 48)))
+    table, summary = masking.run_masking(
+        {s: s for s in range(3)}, pd.concat(rows), cache, anchors=[0, 1, 2],
+        runners=masking.bridge_runners(tiny_model.bridge, hook), ce_contexts=contexts[:4],
+        load=lambda s: saes[s], ce_batch_size=2)
+    by = table.set_index(["seed", "set"])
+    assert np.allclose(by.xs("none", level="set")["delta_ce_err"], 0, atol=1e-6)
+    # without the error term only the main sets are measured; with it, every set
+    for name in masking.SET_ORDER:
+        measured = by.xs(name, level="set")
+        assert measured["delta_ce_err"].notna().all(), name
+        assert measured["delta_ce_noerr"].notna().all() == (name in masking.RECONSTRUCTION_ONLY)
+    for pair, (first, second) in masking.PAIRS.items():
+        block = summary["c3"][pair]["delta_ce_err"]
+        assert block["stable"] == [by.loc[(s, first), "delta_ce_err"] for s in range(3)]
+        assert block["matched"] == [by.loc[(s, second), "delta_ce_err"] for s in range(3)]
+        assert np.isfinite(block["ratio"]["mean"]) and block["ratio"]["n"] == 3

@@ -30,7 +30,8 @@ pair.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ import pandas as pd
 import torch
 
 from . import io, resampling
-from .activations import ActivationCache
+from .activations import ActivationCache, hook_layer
 from .logs import get_logger, progress
 from .sae import SAE, load_sae
 from .stability import mean_interval
@@ -55,6 +56,10 @@ PAIRS: dict[str, tuple[str, str]] = {
     "null": ("null_stable", "null_matched"),
 }
 """The C3 comparisons: (set playing "stable", set matched to it) per matching."""
+RECONSTRUCTION_ONLY = ("none", "stable", "unstable")
+"""Sets also measured with the reconstruction alone spliced in (no error term): every other
+set is measured with the error term kept only, the measure the C3 comparison uses; each
+condition costs a pass of the model's later layers."""
 TRAIN_COLUMNS = ("label", "train_mass", "train_energy")
 """Census columns the sets are chosen from."""
 
@@ -235,18 +240,96 @@ RunPatched = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(tokens, replacement activations at the hook) -> logits of the patched run."""
 
 
-def bridge_runners(bridge: Any, hook: str) -> tuple[RunClean, RunPatched]:
-    """Clean and patched runs of a transformer-lens ``TransformerBridge`` at ``hook``."""
+def _prefix_layer(bridge: Any, hook: str) -> int | None:
+    """The block whose output ``hook`` is, when the run can resume after it (a residual-stream
+    hook ``blocks.k.hook_resid_post`` with a block after it), else None."""
+    layer = hook_layer(hook)
+    if layer is None or hook != f"blocks.{layer}.hook_resid_post":
+        return None
+    return layer if layer + 1 < len(bridge.blocks) else None
+
+
+@contextmanager
+def _replayed(blocks: Sequence[Any], outputs: Sequence[Any]) -> Iterator[None]:
+    """Blocks that return their recorded outputs instead of computing them again."""
+    # set on the instance itself: a bridge component forwards other attribute writes to the
+    # module it wraps
+    for block, out in zip(blocks, outputs, strict=True):
+        object.__setattr__(block, "forward", lambda *args, _out=out, **kwargs: _out)  # noqa: ARG005
+    try:
+        yield
+    finally:
+        for block in blocks:
+            object.__delattr__(block, "forward")  # back to the class's forward
+
+
+def _resume(bridge: Any, layer: int, acts: torch.Tensor, outputs: Sequence[Any]) -> torch.Tensor:
+    """Logits of the run that resumes at block ``layer + 1`` from ``acts``, blocks 0..layer
+    replaying ``outputs``."""
+    dtype = next(bridge.parameters()).dtype
+    with _replayed(bridge.blocks[: layer + 1], outputs):
+        return bridge(acts.to(dtype=dtype), start_at_layer=layer + 1)
+
+
+def bridge_runners(bridge: Any, hook: str, reuse_prefix: bool = True) -> tuple[RunClean,
+                                                                               RunPatched]:
+    """Clean and patched runs of a transformer-lens ``TransformerBridge`` at ``hook``.
+
+    With ``reuse_prefix`` and a residual-stream hook ``blocks.k.hook_resid_post``, the clean run
+    records the outputs of blocks 0..k, and a patched run of the same token batch resumes the
+    model at block k + 1 from the replacement activations (``start_at_layer``), with blocks
+    0..k replaying their recorded outputs instead of recomputing them: only the layers after the
+    hook, which alone see the change, run once per masking condition. Other hooks, and a
+    patched run of a batch other than the last clean one, run the whole model with a hook that
+    replaces the activations.
+    """
+    layer = _prefix_layer(bridge, hook) if reuse_prefix else None
+    last: dict[str, Any] = {}
 
     def clean(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, cache = bridge.run_with_cache(tokens, names_filter=[hook])
+        if layer is None:
+            logits, cache = bridge.run_with_cache(tokens, names_filter=[hook])
+            return logits, cache[hook]
+        outputs: list[Any] = [None] * (layer + 1)
+
+        def record(i: int) -> Callable[..., None]:
+            def keep(module: Any, args: Any, out: Any) -> None:  # noqa: ARG001
+                outputs[i] = out
+            return keep
+
+        handles = [bridge.blocks[i].register_forward_hook(record(i)) for i in range(layer + 1)]
+        try:
+            logits, cache = bridge.run_with_cache(tokens, names_filter=[hook])
+        finally:
+            for h in handles:
+                h.remove()
+        last.update(tokens=tokens, outputs=outputs)
         return logits, cache[hook]
 
-    def patched(tokens: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    def full(tokens: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
         def replace(x: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001
             return acts.to(dtype=x.dtype)
 
         return bridge.run_with_hooks(tokens, fwd_hooks=[(hook, replace)])
+
+    def patched(tokens: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+        nonlocal layer
+        if layer is None or last.get("tokens") is not tokens:
+            return full(tokens, acts)
+        logits = _resume(bridge, layer, acts, last["outputs"])
+        if not last.get("verified"):
+            # once per run: the resumed pass must equal a full re-run on this architecture
+            reference = full(tokens, acts)
+            err = float((logits - reference).abs().max())
+            scale = float(reference.abs().max())
+            if not err <= 1e-4 * max(scale, 1.0):
+                log.warning("prefix reuse at %s differs from a full re-run by %.3g (logit scale "
+                            "%.3g); re-running the whole model per condition instead", hook,
+                            err, scale)
+                layer = None
+                return reference
+            last["verified"] = True
+        return logits
 
     return clean, patched
 
@@ -267,12 +350,15 @@ def _loss_terms(logits: torch.Tensor, tokens: torch.Tensor,
 def spliced_loss(run_clean: RunClean, run_patched: RunPatched, sae: SAE, contexts: np.ndarray,
                  sets: Mapping[str, np.ndarray], *, outlier_threshold: float | None = None,
                  error_modes: Sequence[bool] = (True, False), batch_size: int = 4,
-                 device: str | torch.device = "cpu") -> pd.DataFrame:
+                 device: str | torch.device = "cpu",
+                 reconstruction_only: Sequence[str] | None = None) -> pd.DataFrame:
     """Next-token CE and KL to the clean run with each set masked and spliced in at the hook.
 
-    Returns one row per (set, keep_error), sets including ``none`` (nothing masked), with the
-    clean CE beside it: ``set, keep_error, n_features, ce, ce_clean, delta_ce, kl,
-    n_predictions, n_patched``.
+    Each condition costs one pass of the layers after the hook. ``reconstruction_only`` limits
+    the measurement without the error term (``keep_error=False``) to the named sets (``none``
+    included by name; default: every set). Returns one row per measured (set, keep_error), sets
+    including ``none`` (nothing masked), with the clean CE beside it: ``set, keep_error,
+    n_features, ce, ce_clean, delta_ce, kl, n_predictions, n_patched``.
     """
     device = torch.device(device)
     sae = sae.to(device).eval()
@@ -281,7 +367,8 @@ def spliced_loss(run_clean: RunClean, run_patched: RunPatched, sae: SAE, context
         raise ValueError(f"contexts must be (n, T>=3) token ids, got shape {contexts.shape}")
     idx = _index({"none": np.zeros(0, dtype=np.int64), **sets}, device)
     w_dec, b_dec = sae.W_dec.float(), sae.b_dec.float()
-    conds = [(k, e) for k in idx for e in error_modes]
+    conds = [(k, e) for k in idx for e in error_modes
+             if e or reconstruction_only is None or k in reconstruction_only]
     ce = {c: 0.0 for c in conds}
     kl = {c: 0.0 for c in conds}
     ce_clean, n_pred, n_patched = 0.0, 0, 0
@@ -305,6 +392,8 @@ def spliced_loss(run_clean: RunClean, run_patched: RunPatched, sae: SAE, context
         for k, i in idx.items():
             removed = x_hat - _masked(f, x_hat, w_dec, i)
             for keep_error in error_modes:
+                if (k, keep_error) not in ce:
+                    continue
                 key = (i.cpu().numpy().tobytes(), keep_error)
                 if key not in done:
                     new = (x - removed) if keep_error else (x_hat - removed)
@@ -380,7 +469,7 @@ def run_masking(seed_dirs: Mapping[int, Any], features: pd.DataFrame, cache: Act
         if runners is not None and ce_contexts is not None and len(ce_contexts):
             ce = spliced_loss(*runners, sae, ce_contexts, fs.sets,
                               outlier_threshold=outlier_threshold, batch_size=ce_batch_size,
-                              device=device)
+                              device=device, reconstruction_only=RECONSTRUCTION_ONLY)
         for name in ("none", *fs.sets, "all"):
             ids = fs.sets.get(name)
             n = sae.cfg.d_sae if name == "all" else (0 if ids is None else ids.size)
@@ -392,11 +481,11 @@ def run_masking(seed_dirs: Mapping[int, Any], features: pd.DataFrame, cache: Act
                    "ev": ev[name], "delta_ev": ev["none"] - ev[name]}
             if ce is not None and name != "all":
                 for keep_error, tag in ((True, "err"), (False, "noerr")):
-                    r = ce[(ce["set"] == name) & (ce["keep_error"] == keep_error)].iloc[0]
-                    row[f"delta_ce_{tag}"] = float(r["delta_ce"])
-                    row[f"kl_{tag}"] = float(r["kl"])
-                    row["ce_clean"] = float(r["ce_clean"])
-                    row["n_predictions"] = int(r["n_predictions"])
+                    r = ce[(ce["set"] == name) & (ce["keep_error"] == keep_error)]
+                    row[f"delta_ce_{tag}"] = float(r["delta_ce"].iloc[0]) if len(r) else np.nan
+                    row[f"kl_{tag}"] = float(r["kl"].iloc[0]) if len(r) else np.nan
+                row["ce_clean"] = float(ce["ce_clean"].iloc[0])
+                row["n_predictions"] = int(ce["n_predictions"].iloc[0])
             rows.append(row)
     table = pd.DataFrame(rows)
     return table, summarize(table, pd.DataFrame(infos))
@@ -449,7 +538,7 @@ def summarize(table: pd.DataFrame, infos: pd.DataFrame) -> dict[str, Any]:
             for name, g in table.groupby("set", sort=False)}
     wide = {m: table.pivot(index="seed", columns="set", values=m) for m in metrics}
     contrasts: dict[str, Any] = {}
-    for m in ("delta_ev", "delta_ce_err", "kl_err", "delta_ce_noerr"):
+    for m in ("delta_ev", "delta_ce_err", "kl_err"):
         if m not in wide:
             continue
         a, b = wide[m]["stable_matched"], wide[m]["unstable_matched"]
