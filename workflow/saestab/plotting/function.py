@@ -114,7 +114,9 @@ def masking_ce(configs: Sequence[Config], out: str | Path) -> None:
 
 
 def _features(c: Config) -> pd.DataFrame:
-    return stability.read_table(Path(c["dir"]) / "features.parquet")
+    """The surface table's live features (dead ones enter no stable/unstable comparison)."""
+    df = stability.read_table(Path(c["dir"]) / "features.parquet")
+    return df[df["live"]] if "live" in df else df
 
 
 def frequency(configs: Sequence[Config], out: str | Path) -> None:
