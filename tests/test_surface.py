@@ -158,6 +158,13 @@ def test_c4_statistics_flip_and_the_shuffled_null_sits_at_no_effect() -> None:
     assert diff["interval"]["mean"] == pytest.approx(0.3, abs=0.05)
     assert diff["interval"]["ci_low"] > 0
     assert 0 < diff["interval"]["ci_high"] - diff["interval"]["ci_low"]  # seeds vary
+    # an anchor without a usable statistic is listed but left out of the interval
+    gap = pd.DataFrame(real).assign(binned_top_token_share_diff=lambda f: f[
+        "binned_top_token_share_diff"].where(f.index != 2))
+    part = surface.c4_block(gap, pd.DataFrame(null), anchors=range(6))
+    assert np.isnan(part["binned_top_token_share_diff"]["per_anchor"][2])
+    assert part["binned_top_token_share_diff"]["interval"]["n"] == 5
+    assert np.isfinite(part["binned_top_token_share_diff"]["interval"]["ci_low"])
     # swapping the labels flips both statistics
     flip = pd.DataFrame(flipped)
     assert (flip["frequency_ratio"] > 5).all()

@@ -257,10 +257,19 @@ def shuffled_labels(table: pd.DataFrame, rng: np.random.Generator) -> pd.DataFra
 def c4_block(per_anchor: pd.DataFrame, null: pd.DataFrame,
              anchors: Sequence[int]) -> dict[str, Any]:
     """Per-anchor C4 statistics and their means with leave-one-anchor-out jackknife intervals
-    (:func:`saestab.resampling.mean_of`), for the real labels and for the shuffled-label null."""
+    (:func:`saestab.resampling.mean_of`), for the real labels and for the shuffled-label null.
+    An anchor whose statistic is undefined (NaN: too few stable or unstable features, or no
+    frequency bin with enough of both) stays in ``per_anchor`` but not in the interval, whose
+    ``n`` counts the anchors used."""
     def block(frame: pd.DataFrame) -> dict[str, Any]:
-        return {k: {"per_anchor": frame[k].tolist(), "interval": resampling.mean_of(frame[k])}
-                for k in ("frequency_ratio", "binned_top_token_share_diff")}
+        out = {}
+        for k in ("frequency_ratio", "binned_top_token_share_diff"):
+            v = frame[k].to_numpy(np.float64)
+            used = v[np.isfinite(v)]
+            interval = (resampling.mean_of(used) if used.size else
+                        resampling._interval(float("nan"), float("nan"), 0, 0.05, 0))
+            out[k] = {"per_anchor": v.tolist(), "interval": interval}
+        return out
 
     return {**block(per_anchor), "null": block(null), "anchors": [int(a) for a in anchors]}
 
