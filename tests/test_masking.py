@@ -223,12 +223,17 @@ def test_run_masking_table_and_summary(tmp_path: Path, cache: ActivationCache) -
         masking.run_masking(seeds, old, cache, anchors=[0], source="census.parquet")
 
 
-def identity_sae(d: int):
-    """f = [relu(x), relu(-x)]: an exact reconstruction from 2d features of known directions."""
+def identity_sae(d: int, seed: int | None = None):
+    """f = [relu(x), relu(-x)]: an exact reconstruction from 2d features of known directions.
+    With ``seed``, each decoder row is scaled by a factor in [0.8, 1.2], so that SAEs of different
+    seeds differ a little (the reconstruction is then no longer exact)."""
     eye = torch.eye(d)
+    w_dec = torch.cat([eye, -eye], 0)
+    if seed is not None:
+        g = torch.Generator().manual_seed(seed)
+        w_dec = w_dec * (0.8 + 0.4 * torch.rand(2 * d, 1, generator=g))
     cfg = SAEConfig(architecture="relu", d_in=d, d_sae=2 * d)
-    return sae_from_tensors(cfg, {"W_enc": torch.cat([eye, -eye], 1),
-                                  "W_dec": torch.cat([eye, -eye], 0),
+    return sae_from_tensors(cfg, {"W_enc": torch.cat([eye, -eye], 1), "W_dec": w_dec,
                                   "b_enc": torch.zeros(2 * d), "b_dec": torch.zeros(d)})
 
 
@@ -243,14 +248,15 @@ def scaled_cache(path: Path, scale: np.ndarray, seed: int = 0) -> ActivationCach
 
 def c3_ratio(cache: ActivationCache, labels: np.ndarray, pair: str,
              n_anchors: int = 6) -> dict:
-    """The C3 ratio of one pair over ``n_anchors`` anchors that share the exact identity SAE
-    (features ``relu(±x_i)``) and the planted labels; train mass and energy are equal for every
+    """The C3 ratio of one pair over ``n_anchors`` anchor SAEs (features ``relu(±x_i)``, decoder
+    rows scaled per seed) with the same planted labels; train mass and energy are equal for every
     feature, so each matched pair has equal counts and only the eval split tells them apart."""
-    sae = identity_sae(16)
-    m = sae.cfg.d_sae
+    saes = [identity_sae(16, seed=s) for s in range(n_anchors)]
+    m = saes[0].cfg.d_sae
     rows = pd.concat([census_rows(s, labels, np.ones(m)) for s in range(n_anchors)])
     _, summary = masking.run_masking({s: s for s in range(n_anchors)}, rows, cache,
-                                     anchors=list(range(n_anchors)), load=lambda _: sae, seed=3)
+                                     anchors=list(range(n_anchors)), load=lambda s: saes[s],
+                                     seed=3)
     return summary["c3"][pair]["delta_ev"]["ratio"]
 
 
@@ -262,6 +268,7 @@ def test_c3_ratio_flips_with_the_features_that_carry_the_signal(tmp_path: Path) 
     for pair in ("mass", "energy"):
         high = c3_ratio(cache, signal, pair)
         assert high["mean"] > 50 and high["ci_low"] > 1.5, pair
+        assert high["ci_high"] > high["ci_low"]  # the seeds differ: a real interval
         low = c3_ratio(cache, noise, pair)
         assert low["mean"] < 0.05 and low["ci_high"] < 1, pair
 
@@ -350,3 +357,37 @@ def test_run_masking_spliced_loss_fills_the_c3_block(tmp_path: Path, tiny_model)
         assert block["stable"] == [by.loc[(s, first), "delta_ce_err"] for s in range(3)]
         assert block["matched"] == [by.loc[(s, second), "delta_ce_err"] for s in range(3)]
         assert np.isfinite(block["ratio"]["mean"]) and block["ratio"]["n"] == 3
+
+
+def test_energy_matching_removes_the_advantage_of_fewer_larger_activations(
+        tmp_path: Path) -> None:
+    """Stable features fire rarely and strongly, unstable ones often and weakly, with the same L1
+    mass per feature and the same signal per unit of energy. Mass matching then removes ~10x more
+    energy on the stable side (a large ratio for the wrong reason); energy matching does not."""
+    d = 48
+    rng = np.random.default_rng(0)
+    sparse = (rng.random((300, d // 2)) < 0.1) * rng.standard_normal((300, d // 2)) * 10
+    dense = rng.standard_normal((300, d // 2))
+    table = torch.from_numpy(np.concatenate([sparse, dense], 1).astype(np.float32))
+    caches = {split: write_cache(tmp_path / split, lambda ids: table[ids],
+                                 np.random.default_rng(i).integers(0, 300, (60, 16)), d=d,
+                                 bos_token_id=None, outlier_factor=None)
+              for i, split in enumerate(("train", "eval"))}
+    sae = identity_sae(d)
+    with torch.no_grad():
+        f = sae.encode(torch.from_numpy(caches["train"].load())).double()
+    norms = sae.W_dec.detach().double().norm(dim=1)
+    mass, energy = (f.sum(0) * norms).numpy(), (f.pow(2).sum(0) * norms**2).numpy()
+    labels = np.tile(np.r_[["stable"] * (d // 2), ["unstable"] * (d // 2)], 2)
+    stable = labels == "stable"
+    assert 0.7 < mass[stable].mean() / mass[~stable].mean() < 1.4  # equal mass per feature
+    assert energy[stable].mean() / energy[~stable].mean() > 5  # far more energy per feature
+    n = 6
+    rows = pd.concat([census_rows(s, labels, mass, energy) for s in range(n)])
+    _, summary = masking.run_masking({s: s for s in range(n)}, rows, caches["eval"],
+                                     anchors=list(range(n)), load=lambda _: sae, seed=1)
+    by_mass = summary["c3"]["mass"]["delta_ev"]["ratio"]
+    by_energy = summary["c3"]["energy"]["delta_ev"]["ratio"]
+    assert by_mass["ci_low"] > 3
+    assert 0.6 < by_energy["mean"] < 1.4 and by_energy["ci_low"] < 1.5
+    assert max(summary["c3"]["match_error"]["energy"]) < 0.15
