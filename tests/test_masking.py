@@ -391,3 +391,46 @@ def test_energy_matching_removes_the_advantage_of_fewer_larger_activations(
     assert by_mass["ci_low"] > 3
     assert 0.6 < by_energy["mean"] < 1.4 and by_energy["ci_low"] < 1.5
     assert max(summary["c3"]["match_error"]["energy"]) < 0.15
+
+
+@pytest.fixture(scope="module")
+def llama_bridge(tmp_path_factory: pytest.TempPathFactory):
+    """A 4-layer Llama (SmolLM2's architecture) with random weights and a word-level tokenizer,
+    booted offline through the same TransformerBridge path as the hub and GGUF models."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformer_lens import TransformerBridge
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("llama")
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)).eval()
+    hf.config.save_pretrained(d)
+    words = Tokenizer(WordLevel({f"w{i}": i for i in range(300)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, bos_token="w1", eos_token="w2",
+                            unk_token="w0", pad_token="w3").save_pretrained(d)
+    return TransformerBridge.boot_transformers(str(d), hf_model=hf,
+                                               tokenizer=AutoTokenizer.from_pretrained(d))
+
+
+def test_prefix_reuse_on_a_hf_llama_bridge(llama_bridge) -> None:
+    hook = "blocks.1.hook_resid_post"
+    contexts = np.random.default_rng(6).integers(4, 300, (4, 20))
+    sae = random_sae(64, 96, seed=9)
+    sets = {"some": np.arange(0, 96, 4), "all_features": np.arange(96)}
+    full = masking.spliced_loss(*masking.bridge_runners(llama_bridge, hook, reuse_prefix=False),
+                                sae, contexts, sets, batch_size=2)
+    calls: list[int] = []
+    handle = llama_bridge.blocks[0].mlp.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        reused = masking.spliced_loss(*masking.bridge_runners(llama_bridge, hook), sae,
+                                      contexts, sets, batch_size=2)
+    finally:
+        handle.remove()
+    assert len(calls) == 3  # two clean runs and the one check, not once per condition
+    for col in ("ce", "delta_ce", "kl"):
+        np.testing.assert_allclose(reused[col], full[col], rtol=0, atol=1e-5)
+    assert full.loc[full["set"] == "all_features", "kl"].min() > 1e-3
