@@ -35,9 +35,9 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/ruff check workflow tests bench
 
-## gallery: refresh the README's figures (docs/gallery/) from the last run's results/figures
+## gallery: refresh the README's figures (docs/gallery/) and its results table from the last run
 gallery: $(STAMP)
-	$(BIN)/python -m saestab.gallery results/figures docs/gallery
+	$(BIN)/python -m saestab.gallery results/figures docs/gallery --summary results/summary.json --readme README.md
 
 dag: $(STAMP)
 	$(BIN)/snakemake --rulegraph | dot -Tsvg > rulegraph.svg

@@ -163,6 +163,23 @@ def test_workflow_geometry_and_synthetic_stages(workdir):
     assert "toy" not in (workdir / "results" / "tables" / "table1.md").read_text()
 
 
+def test_workflow_summary(workdir):
+    rows = json.loads((workdir / "results" / "summary.json").read_text())["rows"]
+    ids = {r["id"]: r for r in rows}
+    assert {r["kind"] for r in rows} == {"claim", "null", "random-weights"}
+    for cid in ("C1", "C2", "C3", "C4", "C5", "C6", "C7", "control"):
+        assert cid in ids and ids[cid]["verdict"] != "not run", cid
+        assert ids[cid]["convergence"], cid  # every claim row says where its SAEs stand
+    # a known negative that passes its claim's rule would be a bug in the rule
+    for r in rows:
+        assert r["verdict"] in ("reproduced", "not reproduced", "inconclusive", "not run")
+        if r["kind"] == "null":
+            assert r["rule_verdict"] is None and r["verdict"] != "reproduced", r["id"]
+    assert ids["C5 null: isotropic Gaussian data"]["verdict"] != "not run"
+    md = (workdir / "results" / "summary.md").read_text()
+    assert "Data:" in md and "documents" in md
+
+
 def test_second_run_has_nothing_to_do(workdir):
     proc = snakemake(workdir, "--cores", "2", "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -233,9 +233,9 @@ def synthetic_dir(c):
 
 def synthetic_targets():
     """Recovery outputs of every synthetic configuration and the figures (none if none)."""
-    if not synthetic_configs():
+    if not recovery_configs():
         return []
-    return [f"{synthetic_dir(c)}/summary.json" for c in synthetic_configs()] + expand(
+    return [f"{synthetic_dir(c)}/summary.json" for c in recovery_configs()] + expand(
         "results/figures/synthetic/{figure}.png", figure=SYNTHETIC_FIGURES
     )
 
@@ -266,9 +266,30 @@ def summary_config(c):
     )
 
 
+def synthetic_is_null(model):
+    """A synthetic model without planted structure (isotropic Gaussian data): a known negative
+    for C5, with no ground truth to recover."""
+    spec = config["synthetic"]["models"][model]
+    return spec.get("n_points", 0) == 0 and not spec.get("groups")
+
+
+def recovery_configs():
+    """Synthetic configurations with planted structure, whose recovery is measured (C6)."""
+    return [c for c in synthetic_configs() if not synthetic_is_null(c[0])]
+
+
 def summary_synthetic(c):
+    model, _, hook, variant = c
+    null = synthetic_is_null(model)
     return dict(
-        census=census_dir(c), recovery=synthetic_dir(c), geometry=geometry_dir(c)
+        model=model,
+        hook=hook,
+        variant=variant,
+        architecture=SAE_CFG["variants"][variant]["architecture"],
+        null=null,
+        census=census_dir(c),
+        recovery=None if null else synthetic_dir(c),
+        geometry=geometry_dir(c),
     )
 
 
@@ -287,9 +308,13 @@ def summary_inputs(wildcards):
         for stage in ("geometry", "pool", "autointerp"):
             if stage in dirs:
                 out.append(f"{dirs[stage]}/summary.json")
+    for c in recovery_configs():
+        out.append(f"{synthetic_dir(c)}/summary.json")
     for c in synthetic_configs():
-        out += [f"{synthetic_dir(c)}/summary.json", f"{census_dir(c)}/summary.json"]
-    return {"summaries": out}
+        out.append(f"{census_dir(c)}/summary.json")
+        if config["geometry"]["enabled"]:
+            out.append(f"{geometry_dir(c)}/summary.json")
+    return {"summaries": out, "tokens": [f"results/{m}/tokens" for m in MODELS]}
 
 
 def all_targets():

@@ -10,6 +10,7 @@ localrules:
 rule stability_census:
     input:
         groups=lambda wc: sae_group_dirs(wc.model, wc.weights, wc.hook, wc.variant),
+        train="results/{model}/{weights}/{hook}/cache/train",
     output:
         features="results/{model}/{weights}/{hook}/stability/{variant}/features.parquet",
         summary="results/{model}/{weights}/{hook}/stability/{variant}/summary.json",

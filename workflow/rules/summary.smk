@@ -23,5 +23,7 @@ rule summary:
         configs=[summary_config(c) for c in sae_configs()],
         synthetic=[summary_synthetic(c) for c in synthetic_configs()],
         main_variant=config["summary"]["main_variant"],
+        floors=config["summary"]["floors"],
+        health=config["summary"]["health"],
     script:
         "../scripts/summary.py"

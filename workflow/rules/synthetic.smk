@@ -46,13 +46,14 @@ rule synthetic_recovery:
         runtime=10,
     params:
         assign_threshold=config["synthetic"]["assign_threshold"],
+        theta=config["stability"]["theta"],
     script:
         "../scripts/synthetic_recovery.py"
 
 
 rule synthetic_figure:
     input:
-        summaries=[f"{synthetic_dir(c)}/summary.json" for c in synthetic_configs()],
+        summaries=[f"{synthetic_dir(c)}/summary.json" for c in recovery_configs()],
     output:
         report(
             "results/figures/synthetic/{figure}.png",
@@ -65,7 +66,7 @@ rule synthetic_figure:
         "../../envs/analysis.yaml"
     params:
         configs=[
-            dict(census_config(c), dir=synthetic_dir(c)) for c in synthetic_configs()
+            dict(census_config(c), dir=synthetic_dir(c)) for c in recovery_configs()
         ],
     script:
         "../scripts/synthetic_figure.py"

@@ -4,6 +4,14 @@ A configuration is (model, weights, hook, variant); its SAEs live in the group d
 trainer wrote (``group<g>/seed<s>/`` with ``eval.json`` and ``eval_features.parquet`` beside the
 weights, and ``group<g>/snapshots/epoch<e>/seed<s>/`` for the training-length curve).
 :func:`run_census` computes everything the stability figures and the Table-1 analogue need.
+
+Latents that never fire on the train split are labelled ``dead`` and left out of every
+stable/unstable share: a dead decoder row sits at its seed-specific initialisation, so a census of
+it measures the initialiser, not the model. The seed-level statistics the verdicts use (label
+shares of live features, the endpoint mass against a homogeneous-p binomial) come with
+leave-one-seed-out jackknife intervals (:mod:`saestab.resampling`), and the same statistics are
+computed on known negatives (a homogeneous-p table, SAEs with random decoders, and this
+configuration's table re-drawn from its own per-feature p̂) so that the summary can show its rules failing there.
 """
 
 from __future__ import annotations
@@ -17,13 +25,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import io, matching, stability
-from .evaluation import read_evaluation
+from scipy import stats
+
+from . import io, matching, resampling, stability
+from .activations import ActivationCache
+from .evaluation import evaluate_sae, read_evaluation
 from .logs import get_logger
 from .sae import load_sae
 from .stability import mean_interval
 
 log = get_logger("census")
+
+DEAD = "dead"
+CENSUS_LABELS = (*stability.LABELS, DEAD)
 
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
@@ -74,12 +88,18 @@ class Census:
     n_subsample: pd.DataFrame  # label agreement with fewer seeds
     training_length: pd.DataFrame  # per snapshot epoch: fractions and EV
     evals: pd.DataFrame  # per seed: EV, L0, dead fraction, ...
+    seed_level: dict[str, Any]  # jackknifed statistics of the claim and of its known negatives
     maxcos: np.ndarray
     argmax: np.ndarray
     summary: dict[str, Any]
 
 
-def _load(dirs: Sequence[Path], device: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def _load(dirs: Sequence[Path], device: str, train: ActivationCache | None = None,
+          train_tokens: int | None = None, batch_size: int = 4096
+          ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Decoder directions (S, m, d) and per-seed evaluations; with ``train``, also each
+    feature's frequency, mass and energy on (the first ``train_tokens`` rows of) the train split
+    as ``train_frequency``, ``train_mass``, ``train_energy``."""
     directions, evals = [], []
     for d in dirs:
         sae = load_sae(d, device=device)
@@ -88,20 +108,161 @@ def _load(dirs: Sequence[Path], device: str) -> tuple[np.ndarray, list[dict[str,
         training = d / "training.json"
         if training.is_file():
             ev["decoder_init_cosine"] = io.read_json(training).get("decoder_init_cosine_median")
+        if train is not None:
+            tr = evaluate_sae(sae, train, batch_size=batch_size, device=device,
+                              max_tokens=train_tokens)
+            for key in ("frequency", "mass", "energy"):
+                ev[f"train_{key}"] = tr[key]
+            ev["train_ev"] = tr["ev"]
+            ev["dead_fraction_train"] = float(np.mean(tr["frequency"] == 0))
         evals.append(ev)
     return np.stack(directions), evals
+
+
+# ------------------------------------------------------------------------------------------
+# seed-level statistics (jackknife over seeds) and their known negatives
+# ------------------------------------------------------------------------------------------
+def _endpoint_codes(N: int, eps: float) -> np.ndarray:
+    """Label code of every possible count X = 0..N (0 stable, 1 middle, 2 unstable)."""
+    return stability._label_codes(np.arange(N + 1), N, eps)
+
+
+def label_statistics(maxcos: np.ndarray, live: np.ndarray, idx: Sequence[int], theta: float,
+                     eps: float) -> dict[str, float]:
+    """Label shares of the live features of the seeds ``idx``, each matched against the other
+    seeds of ``idx`` only, and the endpoint mass a homogeneous model predicts.
+
+    Returns ``stable``, ``middle``, ``unstable`` (shares of live features, mean over anchors),
+    ``endpoint`` (stable + unstable), ``mean_p_hat`` (over live features), ``homogeneous_endpoint``
+    (P(label is stable or unstable) when every feature has p = mean p̂ and X ~ Binomial(N, p)) and
+    ``endpoint_ratio`` (endpoint / homogeneous_endpoint).
+    """
+    idx = [int(i) for i in idx]
+    N = len(idx) - 1
+    shares, p_sum, n_live = np.zeros(3), 0.0, 0
+    for a in idx:
+        others = [b for b in idx if b != a]
+        keep = live[a]
+        X = (maxcos[a, others][:, keep].astype(np.float32) >= np.float32(theta)).sum(axis=0)
+        codes = stability._label_codes(X, N, eps)
+        shares += np.bincount(codes, minlength=3) / max(len(codes), 1)
+        p_sum += float(X.sum()) / N
+        n_live += len(X)
+    shares /= len(idx)
+    p_bar = p_sum / max(n_live, 1)
+    pmf = stats.binom.pmf(np.arange(N + 1), N, p_bar)
+    hom = float(pmf[_endpoint_codes(N, eps) != 1].sum())
+    endpoint = float(shares[0] + shares[2])
+    return {"stable": float(shares[0]), "middle": float(shares[1]),
+            "unstable": float(shares[2]), "endpoint": endpoint, "mean_p_hat": p_bar,
+            "homogeneous_endpoint": hom,
+            "endpoint_ratio": endpoint / hom if hom > 0 else float("nan")}
+
+
+def jackknife_labels(maxcos: np.ndarray, live: np.ndarray | None, theta: float,
+                     eps: float) -> dict[str, Any]:
+    """:func:`label_statistics` on all seeds, each with a leave-one-seed-out jackknife interval
+    (the labels are recomputed on every subset, with one seed fewer as anchor and as reference).
+    """
+    S, _, m = maxcos.shape
+    live = np.ones((S, m), dtype=bool) if live is None else np.asarray(live, dtype=bool)
+    memo: dict[tuple[int, ...], dict[str, float]] = {}
+
+    def stat(key: str) -> Any:
+        def f(idx: Sequence[int]) -> float:
+            t = tuple(idx)
+            if t not in memo:
+                memo[t] = label_statistics(maxcos, live, t, theta, eps)
+            return memo[t][key]
+        return f
+
+    keys = ("stable", "middle", "unstable", "endpoint", "mean_p_hat", "homogeneous_endpoint",
+            "endpoint_ratio")
+    out: dict[str, Any] = {k: resampling.jackknife(range(S), stat(k)) for k in keys}
+    out["n_seeds"], out["n_live"] = S, int(live.sum())
+    return out
+
+
+def homogeneous_table(S: int, m: int, p: float, rng: np.random.Generator) -> np.ndarray:
+    """A known negative for C1: an (S, S, m) match table (1 = match, 0 = none) in which every
+    feature reappears in every other seed independently with the same probability ``p``."""
+    return (rng.random((S, S, m)) < p).astype(np.float16)
+
+
+def redrawn_table(p_hat: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An (S, S, m) match table in which feature i of anchor a reappears in every other seed
+    independently with probability ``p_hat[a, i]``, its observed rate: the same configuration
+    re-drawn. Two such tables come from one configuration, so no rule may tell them apart."""
+    S, m = p_hat.shape
+    return (rng.random((S, S, m)) < np.asarray(p_hat)[:, None, :]).astype(np.float16)
+
+
+def random_decoder_table(S: int, m: int, d: int, rng: np.random.Generator, device: str = "cpu",
+                         chunk_size: int = 4096) -> np.ndarray:
+    """A known negative for C1: the max-cosine table of ``S`` SAEs whose decoders are independent
+    random rotations (i.i.d. Gaussian directions, uniform on the sphere)."""
+    dirs = [rng.standard_normal((m, d)).astype(np.float32) for _ in range(S)]
+    maxcos, _ = matching.pairwise_max_cosine(dirs, chunk_size=chunk_size, device=device)
+    return maxcos
+
+
+def seed_level(maxcos: np.ndarray, live: np.ndarray, d: int, theta: float, eps: float,
+               seed: int = 0, device: str = "cpu", chunk_size: int = 4096) -> dict[str, Any]:
+    """The jackknifed label statistics of a configuration (``claim``) and of its known negatives:
+    ``null_homogeneous`` (every feature at p = the claim's mean p̂), ``null_random_decoders``
+    (independent random rotations of the same shape) and ``null_replica_a``/``null_replica_b``
+    (the claim's table re-drawn twice from its own per-feature p̂, :func:`redrawn_table`)."""
+    S, _, m = maxcos.shape
+    rng = np.random.default_rng([seed, 7])
+    claim = jackknife_labels(maxcos, live, theta, eps)
+    p_hat = np.stack([
+        (maxcos[a, [b for b in range(S) if b != a]].astype(np.float32) >= np.float32(theta))
+        .mean(axis=0) for a in range(S)])
+    p_bar = float(p_hat[live].mean()) if live.any() else 0.0
+    out = {"claim": claim,
+           "null_homogeneous": jackknife_labels(homogeneous_table(S, m, p_bar, rng), None,
+                                                theta, eps),
+           "null_random_decoders": jackknife_labels(
+               random_decoder_table(S, m, d, rng, device, chunk_size), None, theta, eps)}
+    for name in ("null_replica_a", "null_replica_b"):
+        out[name] = jackknife_labels(redrawn_table(p_hat, rng), live, theta, eps)
+    return out
+
+
+def convergence(training_length: pd.DataFrame, threshold: float = 0.02) -> dict[str, Any]:
+    """Whether the stable share still moves between the last two snapshots (SPEC's convergence
+    gate): ``status`` is ``converged``, ``not converged`` or ``unknown`` (fewer than two
+    snapshots), with the epochs and stable shares it was decided on."""
+    if len(training_length) < 2:
+        return {"status": "unknown", "threshold": threshold,
+                "reason": "fewer than two training-length snapshots"}
+    last = training_length.sort_values("epoch").iloc[-2:]
+    epochs = [int(e) for e in last["epoch"]]
+    stable = [float(v) for v in last["stable"]]
+    delta = stable[1] - stable[0]
+    return {"status": "converged" if abs(delta) <= threshold else "not converged",
+            "threshold": threshold, "epochs": epochs, "stable": stable, "delta": delta}
 
 
 def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: float = 0.05,
                thetas: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9),
                epss: Sequence[float] = (0.0, 0.05, 0.1, 0.2), n_draws: int = 20,
                hungarian_pairs: int = 4, seed: int = 0, device: str = "cpu",
-               chunk_size: int = 4096) -> Census:
-    """Match every pair of seeds of one configuration and derive the stability statistics."""
+               chunk_size: int = 4096, train_cache: ActivationCache | str | Path | None = None,
+               train_tokens: int | None = None, convergence_threshold: float = 0.02) -> Census:
+    """Match every pair of seeds of one configuration and derive the stability statistics.
+
+    ``train_cache`` (the train split the SAEs were trained on) decides which latents are dead
+    (never active on its first ``train_tokens`` rows; None: all) and gives the per-feature
+    train-split frequency, mass and energy that the masking sets are chosen on. Without it every
+    latent counts as live (e.g. SAEs brought from elsewhere without their data).
+    """
     rng = np.random.default_rng(seed)
     dirs = seed_dirs(group_dirs)
-    dirs_np, evals = _load(dirs, device)
-    S, m, _ = dirs_np.shape
+    if train_cache is not None and not isinstance(train_cache, ActivationCache):
+        train_cache = ActivationCache.open(train_cache)
+    dirs_np, evals = _load(dirs, device, train_cache, train_tokens)
+    S, m, d = dirs_np.shape
     log.info("census of %d SAEs x %d features", S, m)
     maxcos, argmax = matching.pairwise_max_cosine(list(dirs_np), chunk_size=chunk_size,
                                                   device=device)
@@ -109,9 +270,16 @@ def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: flo
     mass = np.stack([e["mass"] for e in evals])
     table = stability.stability_from_maxcos(maxcos, theta, eps, firing_frequency=freq,
                                             activation_mass=mass)
-    seeds = [int(_SEED_DIR.match(d.name).group(1)) for d in dirs]  # type: ignore[union-attr]
+    seeds = [int(_SEED_DIR.match(p.name).group(1)) for p in dirs]  # type: ignore[union-attr]
     table.insert(1, "seed", np.asarray(seeds)[table["anchor"].to_numpy()])
-    fractions = stability.label_fractions(table)
+    if train_cache is not None:
+        for key in ("train_frequency", "train_mass", "train_energy"):
+            table[key] = np.concatenate([e[key] for e in evals])
+        live = np.stack([e["train_frequency"] > 0 for e in evals])
+    else:
+        live = np.ones((S, m), dtype=bool)
+    table["label"] = with_dead(table["label"], ~live.ravel())
+    fractions = live_fractions(table)
     fractions.insert(1, "seed", np.asarray(seeds)[fractions["anchor"].to_numpy()])
     sweeps = pd.concat([stability.theta_sweep(maxcos, thetas, eps).assign(sweep="theta"),
                         stability.eps_sweep(maxcos, epss, theta).assign(sweep="eps")],
@@ -128,11 +296,25 @@ def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: flo
                              for s, e in zip(seeds, evals, strict=True)])
     tl = training_length(group_dirs, theta=theta, eps=eps, device=device,
                          chunk_size=chunk_size)
+    levels = seed_level(maxcos, live, d, theta, eps, seed=seed, device=device,
+                        chunk_size=chunk_size)
+    per_seed = {k: evals_df[k].astype(float).tolist() for k in
+                ("ev", "l0", "train_ev", "dead_fraction_train") if k in evals_df}
     summary = {
         "n_seeds": S, "n_features": m, "theta": theta, "eps": eps,
+        "seeds": seeds,
+        # anchor means with Student-t intervals, for figures; the verdicts use seed_level
         "stable": mean_interval(fractions["stable"].to_numpy()),
         "unstable": mean_interval(fractions["unstable"].to_numpy()),
         "middle": mean_interval(fractions["middle"].to_numpy()),
+        "dead": mean_interval(fractions["dead"].to_numpy()),
+        "seed_level": levels,
+        "per_seed": per_seed,
+        "convergence": convergence(tl, convergence_threshold),
+        "dead_fraction_train": (resampling.mean_of(np.asarray(per_seed["dead_fraction_train"]))
+                                if "dead_fraction_train" in per_seed else None),
+        "train_ev": (resampling.mean_of(np.asarray(per_seed["train_ev"]))
+                     if "train_ev" in per_seed else None),
         "hungarian_iou": mean_interval(np.asarray(ious)) | {
             "pairs": [list(map(int, pairs[i])) for i in sorted(pick)]},
         "ev": mean_interval(evals_df["ev"].to_numpy()),
@@ -144,8 +326,32 @@ def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: flo
         "training_length": tl.to_dict(orient="records"),
     }
     return Census(table=table, fractions=fractions, sweeps=sweeps, n_subsample=nsub,
-                  training_length=tl, evals=evals_df, maxcos=maxcos, argmax=argmax,
-                  summary=summary)
+                  training_length=tl, evals=evals_df, seed_level=levels, maxcos=maxcos,
+                  argmax=argmax, summary=summary)
+
+
+def with_dead(labels: pd.Series | np.ndarray, dead: np.ndarray) -> pd.Categorical:
+    """Census labels: the stability label, or ``dead`` where the latent never fired on the train
+    split (a categorical over :data:`CENSUS_LABELS`)."""
+    lab = np.asarray(labels, dtype=object)
+    lab = np.where(np.asarray(dead, dtype=bool), DEAD, lab)
+    return pd.Categorical(lab, categories=list(CENSUS_LABELS))
+
+
+def live_fractions(table: pd.DataFrame) -> pd.DataFrame:
+    """Per anchor: ``anchor, n_features, n_live``, the ``stable``/``middle``/``unstable`` shares
+    of its live features and the ``dead`` share of all its features."""
+    rows = []
+    for anchor, t in table.groupby("anchor", sort=True):
+        lab = t["label"].astype(str).to_numpy()
+        live = lab != DEAD
+        n_live = int(live.sum())
+        row = {"anchor": anchor, "n_features": len(t), "n_live": n_live}
+        for name in stability.LABELS:
+            row[name] = float((lab == name).sum() / n_live) if n_live else float("nan")
+        row[DEAD] = float((~live).mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def training_length(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: float = 0.05,

@@ -9,7 +9,9 @@ Summary scalars (all accumulated in float64 over the evaluated tokens):
 ``dead_fraction``   fraction of features that never fire on the evaluated tokens
 ``dense_fraction``  fraction of features firing on more than ``dense_threshold`` of the tokens
 
-Per-feature arrays: ``frequency`` ``P(f_j > 0)`` and ``mass`` ``sum_t f_j(x_t) * ||d_j||``.
+Per-feature arrays: ``frequency`` ``P(f_j > 0)``, ``mass`` ``sum_t f_j(x_t) * ||d_j||`` and
+``energy`` ``sum_t f_j(x_t)^2 * ||d_j||^2`` (the squared norm of the feature's reconstruction
+contribution: what zeroing it removes from the reconstruction).
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ def evaluate_sae(sae: SAE, cache: ActivationCache | str | Path, batch_size: int 
                  max_tokens: int | None = None) -> dict[str, Any]:
     """Reconstruction and sparsity statistics of ``sae`` on ``cache`` (first ``max_tokens`` rows).
 
-    Returns a dict of summary scalars plus ``"frequency"`` and ``"mass"`` (numpy arrays of
-    length d_sae). The SAE is moved to ``device`` (in place, as ``Module.to`` does).
+    Returns a dict of summary scalars plus ``"frequency"``, ``"mass"`` and ``"energy"`` (numpy
+    arrays of length d_sae). The SAE is moved to ``device`` (in place, as ``Module.to`` does).
     """
     cache = cache if isinstance(cache, ActivationCache) else ActivationCache.open(cache)
     if cache.d != sae.cfg.d_in:
@@ -59,6 +61,7 @@ def evaluate_sae(sae: SAE, cache: ActivationCache | str | Path, batch_size: int 
     l0 = torch.zeros((), dtype=torch.float64, device=device)
     counts = torch.zeros(m, dtype=torch.int64, device=device)
     mass = torch.zeros(m, dtype=torch.float64, device=device)
+    energy = torch.zeros(m, dtype=torch.float64, device=device)
     starts = range(0, n, batch_size)
     for start in progress(starts, total=len(starts), desc="evaluate", unit="batch"):
         x = torch.from_numpy(cache.load(start, min(start + batch_size, n))).to(device)
@@ -71,7 +74,9 @@ def evaluate_sae(sae: SAE, cache: ActivationCache | str | Path, batch_size: int 
         active = f > 0
         l0 += active.sum()
         counts += active.sum(0)
-        mass += f.double().sum(0) * dec_norm
+        f64 = f.double()
+        mass += f64.sum(0) * dec_norm
+        energy += f64.pow(2).sum(0) * dec_norm.pow(2)
     centered = float(s2 - s1.pow(2).sum() / n)
     freq = (counts.double() / n).cpu().numpy()
     out: dict[str, Any] = {
@@ -84,6 +89,7 @@ def evaluate_sae(sae: SAE, cache: ActivationCache | str | Path, batch_size: int 
         "dense_threshold": dense_threshold,
         "frequency": freq,
         "mass": mass.cpu().numpy(),
+        "energy": energy.cpu().numpy(),
     }
     log.info("EV %.4f  MSE %.4g  L0 %.1f  dead %.3f  dense %.3f on %d tokens", out["ev"],
              out["mse"], out["l0"], out["dead_fraction"], out["dense_fraction"], n)

@@ -3,11 +3,15 @@ that a reader sees the result before running anything.
 
 ``python -m saestab.gallery [results/figures] [docs/gallery]`` (or ``make gallery``) rewrites the
 gallery from the figures of the last run; figures that the run did not make are skipped and named.
+With ``--summary results/summary.json --readme README.md`` it also rewrites the README's results
+table (between the ``<!-- summary:begin -->`` and ``<!-- summary:end -->`` markers) from the
+run's summary, so that no number in the README is typed by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,14 +57,52 @@ def build(figures: Path, out: Path, max_width: int = 900) -> list[Path]:
     return written
 
 
+BEGIN, END = "<!-- summary:begin -->", "<!-- summary:end -->"
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
+def readme_table(summary: dict) -> str:
+    """The README's results table from a ``summary.json``: one line per row of the summary."""
+    lines = ["| row | kind | statistic [95% CI] | floor | verdict |", "|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        value = "–" if r["value"] is None else \
+            f"{_num(r['value'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
+        verdict = r["verdict"] if not r.get("reason") else f"{r['verdict']}: {r['reason']}"
+        lines.append(f"| {r['id']} | {r['kind']} | {value} | {r.get('floor') or '–'} | "
+                     f"{verdict} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, table: str) -> None:
+    """Replace what lies between the summary markers of ``readme`` with ``table``."""
+    text = readme.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+        raise io.InputError(f"{readme}: no '{BEGIN}' ... '{END}' block to write the results "
+                            "table into; add the two markers where the table belongs")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    with io.atomic_path(readme) as tmp:
+        tmp.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}", encoding="utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("figures", nargs="?", default="results/figures", type=Path)
     ap.add_argument("out", nargs="?", default="docs/gallery", type=Path)
     ap.add_argument("--max-width", type=int, default=900)
+    ap.add_argument("--summary", type=Path, help="a run's summary.json (writes the README table)")
+    ap.add_argument("--readme", type=Path, default=Path("README.md"))
     args = ap.parse_args(argv)
     files = build(args.figures, args.out, args.max_width)
     print(f"gallery: {len(files)} figures in {args.out}")
+    if args.summary is not None:
+        if not args.summary.is_file():
+            raise io.InputError(f"{args.summary}: no summary; run the workflow first (make run)")
+        update_readme(args.readme, readme_table(json.loads(args.summary.read_text())))
+        print(f"gallery: results table in {args.readme} rewritten from {args.summary}")
     return 0 if files else 1
 
 

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import io, matching
+from . import io, matching, resampling
 from .activations import ActivationCache
 from .evaluation import evaluate_sae, read_evaluation, write_evaluation
 from .logs import get_logger
@@ -365,12 +365,42 @@ def post_train_tokens(recipe: dict[str, Any], n_rows: int, fraction: float,
     return max(n, batch)
 
 
+def pool_splits(S: int, n_pools: int, n_splits: int, seed: int = 0) -> list[list[list[int]]]:
+    """``n_splits`` ways of cutting seeds ``0..S-1`` into ``n_pools`` disjoint subsets: the first
+    contiguous (seeds in order), the others after a seeded random permutation (each subset
+    sorted). Splits repeat nothing but may share seeds."""
+    out = [split_seeds(range(S), n_pools)]
+    rng = np.random.default_rng([seed, 11])
+    while len(out) < n_splits:
+        perm = rng.permutation(S)
+        out.append([sorted(part) for part in split_seeds(perm, n_pools)])
+    return out
+
+
+@dataclass
+class _Inputs:
+    """What every split of :func:`run_pools` shares."""
+
+    sae_dirs: Sequence[str | Path]
+    maxcos: np.ndarray
+    train_cache: ActivationCache
+    eval_cache: ActivationCache
+    cfg: TrainConfig
+    labels: list[int]
+    mass: np.ndarray
+    theta: float
+    data_seed: int
+    eval_batch_size: int
+    device: str | torch.device
+
+
 def run_pools(sae_dirs: Sequence[str | Path], maxcos: np.ndarray, train_cache: ActivationCache,
               eval_cache: ActivationCache, recipe: dict[str, Any], *, theta: float = 0.7,
               n_pools: int = 2, post_tokens: int, warmup_steps: int = 10,
               lr_scale: float = 1.0,
               mass_tokens: int | None = 32768, data_seed: int = 0,
-              eval_batch_size: int = 4096, device: str | torch.device = "cpu") -> PoolStudy:
+              eval_batch_size: int = 4096, device: str | torch.device = "cpu",
+              n_splits: int = 1, split_seed: int = 0) -> PoolStudy:
     """Disjoint pools of one configuration's seeds, post-trained, compared with standard SAEs.
 
     ``sae_dirs`` are the configuration's SAEs in the order of ``maxcos`` (its census table).
@@ -379,6 +409,10 @@ def run_pools(sae_dirs: Sequence[str | Path], maxcos: np.ndarray, train_cache: A
     Mutual stability of two SAEs = share of the first's features with a best match >= theta in
     the second; it is computed for every ordered pair of different subsets: pool vs pool, and
     standard SAE of one subset vs standard SAE of the other (from ``maxcos``), like for like.
+
+    The whole comparison is repeated on ``n_splits`` random splits of the seeds
+    (:func:`pool_splits`); the returned study holds the first split's SAEs and tables, and its
+    summary's ``c7`` block the per-split contrasts the verdict reads (:func:`c7_block`).
     """
 
     S = len(sae_dirs)
@@ -387,89 +421,117 @@ def run_pools(sae_dirs: Sequence[str | Path], maxcos: np.ndarray, train_cache: A
     # SAEs are loaded one at a time for the mass, then one pool's members at a time, so that
     # memory holds at most one pool's worth of weights (96 seeds x 16k latents is ~10 GB at d=768)
     labels, mass_rows = [], []
-    d_sae = d_in = 0
+    d_in = 0
     for i, d in enumerate(sae_dirs):
         sae = load_sae(d, device="cpu")
-        d_sae, d_in = sae.cfg.d_sae, sae.cfg.d_in
-        if maxcos.shape[2] != d_sae:
+        d_in = sae.cfg.d_in
+        if maxcos.shape[2] != sae.cfg.d_sae:
             raise ValueError(f"the max-cosine table has {maxcos.shape[2]} features per SAE, {d} "
-                             f"has {d_sae}")
+                             f"has {sae.cfg.d_sae}")
         labels.append(int(sae.cfg.seeds.get("init_seed", i)))
         mass_rows.append(evaluate_sae(sae, train_cache, batch_size=eval_batch_size,
                                       device=device, max_tokens=mass_tokens)["mass"])
         del sae
-    mass = np.stack(mass_rows)
-    subsets = split_seeds(range(S), n_pools)
+    inputs = _Inputs(sae_dirs, maxcos, train_cache, eval_cache,
+                     post_train_config(recipe, post_tokens, warmup_steps, lr_scale, d_in=d_in),
+                     labels, np.stack(mass_rows), theta, data_seed, eval_batch_size, device)
+    studies = []
+    for k, subsets in enumerate(pool_splits(S, n_pools, n_splits, split_seed)):
+        log.info("split %d of %d: %s", k + 1, n_splits, [[labels[i] for i in s] for s in subsets])
+        studies.append(_run_split(inputs, subsets))
+    study = studies[0]
+    study.summary.update({
+        "mass_tokens": mass_tokens, "post_train_tokens": int(post_tokens),
+        "post_train_lr": inputs.cfg.lr, "post_train_lr_scale": float(lr_scale),
+        "training_tokens": training_tokens(recipe, train_cache.n_tokens),
+        "n_splits": n_splits,
+        "splits": [s.summary["split"] for s in studies],
+        "c7": c7_block([s.summary["split"] for s in studies]),
+    })
+    return study
+
+
+def _run_split(x: _Inputs, subsets: list[list[int]]) -> PoolStudy:
+    """One split: a pool per subset, post-trained, against standard SAEs of the subsets and the
+    same SAEs continued for the post-training length (and, for the known negative, a second
+    member of each subset continued)."""
+    n_pools, S = len(subsets), len(x.sae_dirs)
     pools = []
     for members in subsets:
-        st = within_pool_stability(maxcos, members, theta)
-        pools.append(assemble_pool([load_sae(sae_dirs[i], device="cpu") for i in members], st,
-                                   mass[members], theta, seeds=[labels[i] for i in members],
-                                   device=device))
-    cfg = post_train_config(recipe, post_tokens, warmup_steps, lr_scale, d_in=d_in)
-    post = post_train([p.sae for p in pools], train_cache, cfg, data_seed, device).saes
-    first = [load_sae(sae_dirs[members[0]], device="cpu") for members in subsets]
-    continued = post_train(first, train_cache, cfg, data_seed, device).saes
+        st = within_pool_stability(x.maxcos, members, x.theta)
+        pools.append(assemble_pool([load_sae(x.sae_dirs[i], device="cpu") for i in members], st,
+                                   x.mass[members], x.theta, seeds=[x.labels[i] for i in members],
+                                   device=x.device))
+    post = post_train([p.sae for p in pools], x.train_cache, x.cfg, x.data_seed, x.device).saes
+    first = [load_sae(x.sae_dirs[members[0]], device="cpu") for members in subsets]
+    continued = post_train(first, x.train_cache, x.cfg, x.data_seed, x.device).saes
+    second = [load_sae(x.sae_dirs[members[1]], device="cpu") for members in subsets
+              if len(members) > 1]
+    continued2 = (post_train(second, x.train_cache, x.cfg, x.data_seed, x.device).saes
+                  if len(second) == n_pools else None)
 
     # explained variance etc. on the eval split
     ev_rows: list[dict[str, Any]] = []
     results: dict[tuple[str, int], dict[str, Any]] = {}
 
     def _eval(kind: str, pool: int, seed: int | None, sae: SAE) -> None:
-        r = evaluate_sae(sae, eval_cache, batch_size=eval_batch_size, device=device)
+        r = evaluate_sae(sae, x.eval_cache, batch_size=x.eval_batch_size, device=x.device)
         results[(kind, pool)] = r
         ev_rows.append({"kind": kind, "pool": pool, "seed": seed, "ev": r["ev"], "l0": r["l0"],
                         "dead_fraction": r["dead_fraction"], "mse": r["mse"]})
     for p, members in enumerate(subsets):
         for i in members:
-            e = read_evaluation(sae_dirs[i])
-            ev_rows.append({"kind": "standard", "pool": p, "seed": labels[i], "ev": e["ev"],
+            e = read_evaluation(x.sae_dirs[i])
+            ev_rows.append({"kind": "standard", "pool": p, "seed": x.labels[i], "ev": e["ev"],
                             "l0": e["l0"], "dead_fraction": e["dead_fraction"],
                             "mse": e.get("mse", float("nan"))})
-        _eval("standard_continued", p, labels[members[0]], continued[p])
+        _eval("standard_continued", p, x.labels[members[0]], continued[p])
+        if continued2 is not None:
+            _eval("standard_continued_2", p, x.labels[members[1]], continued2[p])
         _eval("pool_before", p, None, pools[p].sae)
         _eval("pool_after", p, None, post[p])
     evals = pd.DataFrame(ev_rows)
 
     # cross-subset best-match cosines
     parts = []
-    m = d_sae
+    m = x.maxcos.shape[2]
+    models = {"standard_continued": continued, "pool_before": [p.sae for p in pools],
+              "pool_after": post}
+    if continued2 is not None:
+        models["standard_continued_2"] = continued2
     pairs = [(i, j) for i in range(n_pools) for j in range(n_pools) if i != j]
     for i, j in pairs:
         for a in subsets[i]:
             for b in subsets[j]:
-                parts.append(pd.DataFrame({"kind": "standard", "a": labels[a], "b": labels[b],
-                                           "pool_a": i, "pool_b": j,
+                parts.append(pd.DataFrame({"kind": "standard", "a": x.labels[a],
+                                           "b": x.labels[b], "pool_a": i, "pool_b": j,
                                            "feature": np.arange(m, dtype=np.int32),
-                                           "max_cos": maxcos[a, b].astype(np.float32)}))
-        for kind, models in (("standard_continued", continued), ("pool_before",
-                                                                 [p.sae for p in pools]),
-                             ("pool_after", post)):
-            v = cross_max_cosine(models[i], models[j], device=device)
+                                           "max_cos": x.maxcos[a, b].astype(np.float32)}))
+        for kind, saes in models.items():
+            v = cross_max_cosine(saes[i], saes[j], device=x.device)
             parts.append(pd.DataFrame({"kind": kind, "a": i, "b": j, "pool_a": i, "pool_b": j,
                                        "feature": np.arange(len(v), dtype=np.int32),
                                        "max_cos": v.astype(np.float32)}))
     cross = pd.concat(parts, ignore_index=True)
-    mutual = (cross.assign(hit=cross["max_cos"] >= np.float32(theta))
+    mutual = (cross.assign(hit=cross["max_cos"] >= np.float32(x.theta))
               .groupby(["kind", "a", "b"], sort=False)["hit"].mean().reset_index())
 
+    kinds = [k for k in (*KINDS, "standard_continued_2") if (evals["kind"] == k).any()]
     summary: dict[str, Any] = {
-        "theta": float(theta), "n_pools": n_pools, "n_seeds": S,
-        "subsets": [[labels[i] for i in s] for s in subsets],
-        "d_sae": m, "mass_tokens": mass_tokens, "post_train_tokens": int(post_tokens),
-        "post_train_lr": cfg.lr, "post_train_lr_scale": float(lr_scale),
-        "training_tokens": training_tokens(recipe, train_cache.n_tokens),
-        "pools": [{"seeds": [labels[i] for i in s], "n_candidates": pools[p].n_candidates,
+        "theta": float(x.theta), "n_pools": n_pools, "n_seeds": S,
+        "subsets": [[x.labels[i] for i in s] for s in subsets],
+        "d_sae": m,
+        "pools": [{"seeds": [x.labels[i] for i in s], "n_candidates": pools[p].n_candidates,
                    "n_unique": pools[p].n_unique, "n_filled": pools[p].n_filled,
                    "mean_within_pool_stability": float(pools[p].members["stability"].mean()),
                    **{f"{k}_{w}": float(results[(kind, p)][k])
                       for w, kind in (("before", "pool_before"), ("after", "pool_after"))
                       for k in ("ev", "l0", "dead_fraction")}}
                   for p, s in enumerate(subsets)],
-        "ev": {k: mean_interval(evals.loc[evals["kind"] == k, "ev"]) for k in KINDS},
-        "l0": {k: mean_interval(evals.loc[evals["kind"] == k, "l0"]) for k in KINDS},
+        "ev": {k: mean_interval(evals.loc[evals["kind"] == k, "ev"]) for k in kinds},
+        "l0": {k: mean_interval(evals.loc[evals["kind"] == k, "l0"]) for k in kinds},
         "mutual_stability": {k: mean_interval(mutual.loc[mutual["kind"] == k, "hit"])
-                             for k in KINDS},
+                             for k in kinds},
     }
     ms, ev = summary["mutual_stability"], summary["ev"]
     summary["delta"] = {
@@ -480,13 +542,46 @@ def run_pools(sae_dirs: Sequence[str | Path], maxcos: np.ndarray, train_cache: A
         "ev_pool_after_minus_standard": ev["pool_after"]["mean"] - ev["standard"]["mean"],
         "ev_pool_before_minus_standard": ev["pool_before"]["mean"] - ev["standard"]["mean"],
     }
-    log.info("mutual stability: standard %.3f, pool before %.3f, after %.3f; EV: standard %.4f, "
-             "pool before %.4f, after %.4f", ms["standard"]["mean"], ms["pool_before"]["mean"],
-             ms["pool_after"]["mean"], ev["standard"]["mean"], ev["pool_before"]["mean"],
-             ev["pool_after"]["mean"])
-    return PoolStudy(subsets=[[labels[i] for i in s] for s in subsets], pools=pools, post=post,
+    summary["split"] = {
+        "subsets": summary["subsets"],
+        **{f"{what}_{k}": d[k]["mean"] for what, d in (("mutual_stability", ms), ("ev", ev))
+           for k in kinds}}
+    log.info("mutual stability: standard %.3f, continued %.3f, pool before %.3f, after %.3f; "
+             "EV: standard %.4f, continued %.4f, pool after %.4f", ms["standard"]["mean"],
+             ms["standard_continued"]["mean"], ms["pool_before"]["mean"],
+             ms["pool_after"]["mean"], ev["standard"]["mean"],
+             ev["standard_continued"]["mean"], ev["pool_after"]["mean"])
+    return PoolStudy(subsets=[[x.labels[i] for i in s] for s in subsets], pools=pools, post=post,
                      continued=continued, evals=evals, cross=cross, summary=summary,
                      eval_results=results)
+
+
+def c7_block(splits: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What the C7 verdict reads: per split, the mutual stability of the post-trained pools minus
+    that of the standard SAEs given the same extra training, and the EV difference, with
+    Student-t intervals over the splits (splits share seeds, so these intervals treat them as
+    replicates and are on the narrow side). The known negative (``null``) puts a second
+    continued standard SAE in the pool's place: nothing was pooled, so it must not pass."""
+    def diffs(a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+        return (np.array([s[f"mutual_stability_{a}"] - s[f"mutual_stability_{b}"]
+                          for s in splits]),
+                np.array([s[f"ev_{a}"] - s[f"ev_{b}"] for s in splits]))
+
+    stab, ev = diffs("pool_after", "standard_continued")
+    out: dict[str, Any] = {
+        "n_splits": len(splits),
+        "stability_difference": resampling.mean_of(stab),
+        "ev_difference": resampling.mean_of(ev),
+        "baseline": {"mutual_stability": float(np.mean(
+            [s["mutual_stability_standard_continued"] for s in splits])),
+            "ev": float(np.mean([s["ev_standard_continued"] for s in splits]))},
+    }
+    if all("mutual_stability_standard_continued_2" in s for s in splits):
+        stab0, ev0 = diffs("standard_continued_2", "standard_continued")
+        out["null"] = {"n_splits": len(splits),
+                       "stability_difference": resampling.mean_of(stab0),
+                       "ev_difference": resampling.mean_of(ev0)}
+    return out
 
 
 def pool_table(summary: dict[str, Any]) -> pd.DataFrame:

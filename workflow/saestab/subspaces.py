@@ -11,16 +11,19 @@ For one SAE configuration (several seeds) and its census labels (each seed as an
 * **transfer**: for an ordered pair of seeds (a, b) each seed's unstable features are split in
   random halves H1/H2. With ``r`` the energy rank of a's H1, the share of the squared norm of b's
   H2 directions captured by: a's H1 subspace (cross-seed), b's own H1 subspace (within-seed,
-  held-out), a random r-dim subspace (r/d, and one drawn), the top-r PCA subspace of the eval
-  activations, the top-r subspace of a's stable features; the same for the reconstruction
+  held-out), a random r-dim subspace (r/d, and one drawn), a **covariance-matched** random
+  subspace (the span of r draws from N(0, Σ) of the eval activations: the baseline a learned
+  subspace must beat, since any set of directions fitted to anisotropic data beats an isotropic
+  one), the top-r PCA subspace of the eval activations, the top-r subspace of a's stable features; the same for the reconstruction
   contribution ``sum_{j in H2_b} f_j(x) d_j`` of b's held-out unstable features on the eval set
   (activation-level), and cross-seed with full sets.
 * **angles**: principal angles between seeds' full unstable subspaces (rank
   ``min(r_a, r_b)``) beside those between two random subspaces of the same dimension.
 
-Confidence intervals of pair means are percentile bootstraps over seeds (seeds resampled with
-replacement, pairs of distinct resampled seeds averaged), since pairs sharing a seed are not
-independent.
+Pairs sharing a seed are not independent, so intervals of pair means resample seeds: the ``c5``
+block of the summary, which the verdict reads, uses the leave-one-seed-out jackknife (a seed
+never counts against its own copy); the other summary entries keep percentile bootstraps over
+seeds (resampled with replacement, pairs of distinct resampled seeds averaged) for the figures.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import io
+from . import io, resampling
 from .activations import ActivationCache
 from .census import seed_dirs
 from .logs import get_logger, progress
@@ -166,6 +169,41 @@ def pca_basis(acts: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=0)
     w, v = np.linalg.eigh(x.T @ x)
     return v[:, np.argsort(w)[::-1]]
+
+
+def covariance_basis(cov_sqrt: np.ndarray, r: int, rng: np.random.Generator) -> np.ndarray:
+    """Orthonormal basis (d, r) of the span of ``r`` draws from N(0, Σ), ``cov_sqrt`` a square
+    root of Σ (d, d): a random subspace that follows the activations' anisotropy, the baseline a
+    learned subspace must beat (any set of directions fitted to the data beats an isotropic
+    random one)."""
+    g = rng.standard_normal((cov_sqrt.shape[1], r))
+    q, _ = np.linalg.qr(cov_sqrt @ g)
+    return q
+
+
+def covariance_sqrt(acts: np.ndarray) -> np.ndarray:
+    """A symmetric square root of the covariance of ``acts`` (n, d)."""
+    x = np.asarray(acts, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    w, v = np.linalg.eigh(x.T @ x / max(len(x) - 1, 1))
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def pair_jackknife(values: np.ndarray, alpha: float = 0.05) -> dict[str, Any]:
+    """Mean of an (S, S) matrix of ordered-pair values (NaN = not computed) with a
+    leave-one-seed-out jackknife interval: each replicate drops one seed as source and as
+    target and averages the remaining pairs, so a seed never counts against itself."""
+    v = np.asarray(values, dtype=np.float64)
+    seeds = [i for i in range(v.shape[0]) if (~np.isnan(v[i])).any() or (~np.isnan(v[:, i])).any()]
+
+    def stat(idx: Sequence[int]) -> float:
+        sub = v[np.ix_(list(idx), list(idx))]
+        ok = ~np.isnan(sub) & ~np.eye(len(idx), dtype=bool)
+        return float(sub[ok].mean()) if ok.any() else float("nan")
+
+    out = resampling.jackknife(seeds, stat, alpha)
+    out["n_pairs"] = int((~np.isnan(v) & ~np.eye(len(v), dtype=bool)).sum())
+    return out
 
 
 def split_halves(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -331,6 +369,7 @@ def run_geometry(group_dirs: Sequence[str | Path], features: pd.DataFrame | str 
     n_rows = min(max_rows, cache.n_tokens)
     x_eval = cache.load(0, n_rows)
     pca = pca_basis(x_eval)
+    cov_sqrt = covariance_sqrt(x_eval)
     x_t = torch.from_numpy(x_eval)
     # one random rotation per seed: its first r columns are a uniformly random r-dim subspace
     rotations = {i: random_basis(d, d, np.random.default_rng([seed, 1, seeds[i]]))
@@ -364,6 +403,8 @@ def run_geometry(group_dirs: Sequence[str | Path], features: pd.DataFrame | str 
             "cross": v_half[a][:, :r],
             "within": v_half[b][:, :r],
             "random_drawn": rotations[b][:, :r],
+            "covariance": covariance_basis(cov_sqrt, r,
+                                           np.random.default_rng([seed, 2, sa, sb])),
             "pca": pca[:, :r],
             "stable": v_stable[a][:, :r] if v_stable[a] is not None else None,
         }
@@ -444,6 +485,7 @@ def _summary(seeds: list[int], unstable: dict[int, np.ndarray], stable: dict[int
                 diffs["cross_over_within"] = pair_bootstrap(mats["cross"] / mats["within"],
                                                             n_boot, seed)
             tr[level]["contrasts"] = diffs
+    c5 = _c5_block(transfer)
     ang: dict[str, Any] = {}
     for kind, g in angles.groupby("kind"):
         per_pair = g.groupby(["seed_a", "seed_b"])["angle_deg"]
@@ -464,8 +506,27 @@ def _summary(seeds: list[int], unstable: dict[int, np.ndarray], stable: dict[int
         "n_stable": {str(s): int(len(v)) for s, v in stable.items()},
         "seeds_skipped": skipped,
         "r_half_mean": float(r.mean()) if len(r) else None,
-        "ranks": rank_stats, "transfer": tr, "angles": ang,
+        "ranks": rank_stats, "transfer": tr, "angles": ang, "c5": c5,
     }
+
+
+C5_BASELINES = ("within", "covariance", "pca", "random")
+
+
+def _c5_block(transfer: pd.DataFrame) -> dict[str, Any] | None:
+    """What the C5 verdict reads: cross-seed transfer of the unstable directions, each baseline
+    and each contrast, with leave-one-seed-out jackknife intervals over the seeds."""
+    lv = transfer[transfer["level"] == "directions"]
+    if not len(lv) or "cross" not in set(lv["kind"]):
+        return None
+    seeds = sorted(set(lv["seed_a"]) | set(lv["seed_b"]))
+    mats = {k: _pair_matrix(g, seeds) for k, g in lv.groupby("kind")}
+    block: dict[str, Any] = {"cross": pair_jackknife(mats["cross"]), "n_seeds": len(seeds)}
+    for other in C5_BASELINES:
+        if other in mats:
+            block[other] = pair_jackknife(mats[other])
+            block[f"cross_minus_{other}"] = pair_jackknife(mats["cross"] - mats[other])
+    return block
 
 
 def _sym(m: np.ndarray) -> np.ndarray:

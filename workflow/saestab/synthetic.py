@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import activations, io
+from . import activations, io, resampling
 from .logs import get_logger
 
 log = get_logger("synthetic")
@@ -68,8 +68,9 @@ class SyntheticSpec:
                                  f"0 <= prob <= 1)")
         if not 0 <= self.point_prob <= 1:
             raise ValueError(f"point_prob must be in [0, 1], got {self.point_prob}")
-        if self.n_components == 0:
-            raise ValueError("the synthetic model needs at least one point feature or group")
+        if self.n_components == 0 and self.noise_std <= 0:
+            raise ValueError("the synthetic model needs a point feature, a group or noise "
+                             "(noise alone: isotropic Gaussian data, a known negative for C5)")
         if self.n_train < 1 or self.n_eval < 1 or self.context_length < 1:
             raise ValueError("n_train, n_eval and context_length must be positive")
 
@@ -110,7 +111,7 @@ class Truth:
 
     @property
     def d(self) -> int:
-        return int(self.points.shape[1]) if len(self.points) else int(self.groups[0].shape[0])
+        return int(self.points.shape[1])  # (0, d) when there are no point features
 
     def components(self) -> pd.DataFrame:
         """One row per component: ``component`` (index), ``kind`` (point/group), ``index``
@@ -290,7 +291,8 @@ class Recovery:
 
 
 def recovery(directions: Sequence[np.ndarray], seeds: Sequence[int], truth: Truth,
-             features: pd.DataFrame, *, assign_threshold: float = 0.5) -> Recovery:
+             features: pd.DataFrame, *, assign_threshold: float = 0.5,
+             theta: float | None = None, high_rank: int = 4) -> Recovery:
     """Recovery of the ground truth by the SAEs of one configuration.
 
     ``directions``: per seed, the (m, d) decoder directions; ``features``: the census table
@@ -299,7 +301,8 @@ def recovery(directions: Sequence[np.ndarray], seeds: Sequence[int], truth: Trut
     seed: the best cosine of any latent to each of the component's basis directions (for a point
     feature: the usual best-match cosine), how many latents it got, and the principal angles
     between its true subspace and the top-``r`` span of its latents; across seeds: the angles
-    between two seeds' recovered spans.
+    between two seeds' recovered spans. With ``theta`` (the census's match threshold), the
+    summary also holds the seed-level ``c6`` block (:func:`c6_block`).
     """
     comps = truth.components()
     bases = truth.bases()
@@ -355,8 +358,80 @@ def recovery(directions: Sequence[np.ndarray], seeds: Sequence[int], truth: Trut
                                    if (components.kind == "point").any() else None),
         "by_rank": by_rank.to_dict(orient="records"),
     }
+    if theta is not None:
+        summary["c6"] = c6_block(latents, cross_seed, directions, seeds, theta, high_rank)
+        summary["c6"]["by_rank"] = summary["by_rank"]
     return Recovery(latents=latents, components=components, cross_seed=cross_seed,
                     by_rank=by_rank, summary=summary)
+
+
+def c6_block(latents: pd.DataFrame, cross_seed: pd.DataFrame,
+             directions: Sequence[np.ndarray], seeds: Sequence[int], theta: float,
+             high_rank: int = 4) -> dict[str, Any]:
+    """What the C6 verdict reads, with leave-one-seed-out jackknife intervals over the seeds
+    (p̂ recomputed on every subset of seeds, so no seed is matched against itself):
+
+    ``groups`` (groups of rank >= ``high_rank``): cross-seed overlap of the recovered subspaces and
+    the mean p̂ of the latents assigned to them; ``points``: mean p̂ of point-feature latents;
+    ``null_rank1``: the group statistics on rank-1 groups, which behave like points (a known
+    negative: their latents are stable, so the group rule must fail on them).
+    """
+    from .matching import pairwise_max_cosine
+    from .subspaces import pair_jackknife
+
+    maxcos, _ = pairwise_max_cosine([np.asarray(d, dtype=np.float32) for d in directions])
+    seeds = [int(s) for s in seeds]
+    pos = {s: i for i, s in enumerate(seeds)}
+    S = len(seeds)
+
+    def p_hat_interval(mask: pd.Series) -> dict[str, Any] | None:
+        chosen = latents[mask]
+        per_seed = {pos[s]: g["feature"].to_numpy() for s, g in chosen.groupby("seed")}
+        if not per_seed:
+            return None
+
+        def stat(idx: Sequence[int]) -> float:
+            vals = []
+            for a in idx:
+                feats = per_seed.get(a)
+                if feats is None or len(feats) == 0:
+                    continue
+                others = [b for b in idx if b != a]
+                hits = maxcos[a][others][:, feats].astype(np.float32) >= np.float32(theta)
+                vals.append(hits.mean(axis=0))
+            return float(np.concatenate(vals).mean()) if vals else float("nan")
+
+        return resampling.jackknife(list(range(S)), stat)
+
+    def overlap_interval(mask: pd.Series) -> dict[str, Any] | None:
+        cs = cross_seed[mask]
+        if not len(cs):
+            return None
+        m = np.full((S, S), np.nan)
+        for (a, b), g in cs.groupby(["seed_a", "seed_b"]):
+            m[pos[a], pos[b]] = m[pos[b], pos[a]] = g["overlap"].mean()
+        return pair_jackknife(m)
+
+    def group_stats(lat_mask: pd.Series, cs_mask: pd.Series, ranks: list[int]
+                    ) -> dict[str, Any] | None:
+        if not ranks:
+            return None
+        return {"ranks": ranks, "overlap": overlap_interval(cs_mask),
+                "latent_p_hat": p_hat_interval(lat_mask)}
+
+    group = (latents["kind"] == "group")
+    cs_group = cross_seed["kind"] == "group"
+    high = sorted({int(r) for r in cross_seed.loc[cs_group & (cross_seed["rank"] >= high_rank),
+                                                  "rank"]})
+    return {
+        "high_rank": high_rank, "theta": theta, "n_seeds": S,
+        "groups": group_stats(group & (latents["rank"] >= high_rank),
+                              cs_group & (cross_seed["rank"] >= high_rank), high),
+        "points": {"latent_p_hat": p_hat_interval(latents["kind"] == "point")},
+        "null_rank1": group_stats(group & (latents["rank"] == 1),
+                                  cs_group & (cross_seed["rank"] == 1),
+                                  [1] if (cs_group & (cross_seed["rank"] == 1)).any() else []),
+    }
 
 
 def _by_rank(latents: pd.DataFrame, components: pd.DataFrame,

@@ -27,6 +27,6 @@ study = pooling.run_pools(
     n_pools=cfg["n_pools"], post_tokens=tokens, warmup_steps=cfg["warmup_steps"],
     lr_scale=cfg["post_train_lr_scale"],
     mass_tokens=cfg["mass_tokens"], data_seed=p.data_seed, eval_batch_size=p.eval_batch_size,
-    device=device,
+    device=device, n_splits=cfg["n_splits"], split_seed=cfg["seed"],
 )
 pooling.write_pools(study, Path(sm.output.summary).parent, sm.output.saes)

@@ -14,9 +14,14 @@ device = str(runtime.resolve_device(sm.params.device))
 c = census.run_census(sm.input.groups, theta=cfg["theta"], eps=cfg["eps"], thetas=cfg["thetas"],
                       epss=cfg["epss"], n_draws=cfg["n_draws"],
                       hungarian_pairs=cfg["hungarian_pairs"], seed=cfg["seed"], device=device,
-                      chunk_size=cfg["chunk_size"])
+                      chunk_size=cfg["chunk_size"], train_cache=sm.input.train,
+                      train_tokens=cfg["train_tokens"],
+                      convergence_threshold=cfg["convergence_threshold"])
 census.write_census(c, Path(sm.output.summary).parent)
 s = c.summary
-log.info("stable %.3f ± %.3f, unstable %.3f ± %.3f (over %d anchors), Hungarian IoU %.3f, "
-         "EV %.3f", s["stable"]["mean"], s["stable"]["std"], s["unstable"]["mean"],
-         s["unstable"]["std"], s["n_seeds"], s["hungarian_iou"]["mean"], s["ev"]["mean"])
+j = s["seed_level"]["claim"]
+log.info("live features: stable %.3f [%.3f, %.3f], unstable %.3f [%.3f, %.3f] (jackknife over %d "
+         "seeds); dead %.3f; Hungarian IoU %.3f; EV %.3f; %s", j["stable"]["mean"],
+         j["stable"]["ci_low"], j["stable"]["ci_high"], j["unstable"]["mean"],
+         j["unstable"]["ci_low"], j["unstable"]["ci_high"], s["n_seeds"], s["dead"]["mean"],
+         s["hungarian_iou"]["mean"], s["ev"]["mean"], s["convergence"]["status"])

@@ -10,13 +10,16 @@ sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
 configs = [summary.Config(**{k: (Path(v) if k in summary.STAGES else v) for k, v in c.items()})
            for c in sm.params.configs]
-study = summary.Study(configs, synthetic=[{k: Path(v) for k, v in s.items()}
-                                          for s in sm.params.synthetic],
-                      main_variant=sm.params.main_variant)
+study = summary.Study(configs, synthetic=list(sm.params.synthetic),
+                      main_variant=sm.params.main_variant,
+                      floors=dict(sm.params.floors), health=dict(sm.params.health),
+                      tokens={Path(t).parent.name: Path(t) for t in sm.input.tokens})
 claims = summary.build(study)
+data = summary.data_splits(study)
 with io.atomic_path(sm.output.md) as tmp:
-    tmp.write_text(summary.to_markdown(claims), encoding="utf-8")
-io.write_json(sm.output.json, summary.to_json(claims))
+    tmp.write_text(summary.to_markdown(claims, data=data), encoding="utf-8")
+io.write_json(sm.output.json, summary.to_json(claims, data))
 for c in claims:
-    log.info("%s %s: %s (%s)", c.id, c.title, c.verdict,
-             "–" if c.value is None else f"{c.value:.4g} [{c.ci_low:.4g}, {c.ci_high:.4g}]")
+    log.info("%s (%s): %s%s (%s)", c.id, c.kind, c.verdict,
+             "" if c.reason is None else f" [{c.reason}]",
+             "–" if c.value is None else f"{c.value:.4g} [{c.ci_low}, {c.ci_high}]")
