@@ -73,10 +73,12 @@ def test_masking_sets_match_mass_and_energy_and_counts() -> None:
     assert abs(e_matched - e_stable) / e_stable < 0.05
     assert 50 < s["stable_energy_matched"].size < 90
     assert fs.info["energy_match_error"] == pytest.approx(abs(e_matched - e_stable) / e_stable)
-    # the null pair: disjoint, live, mass-matched
+    # the null pairs: disjoint, live, mass- or energy-matched
     assert set(s["null_stable"]).isdisjoint(s["null_matched"])
+    assert set(s["null_stable"]).isdisjoint(s["null_energy_matched"])
     assert s["null_stable"].size == 100
     assert abs(mass[s["null_matched"]].sum() / mass[s["null_stable"]].sum() - 1) < 0.05
+    assert abs(energy[s["null_energy_matched"]].sum() / energy[s["null_stable"]].sum() - 1) < 0.05
     assert s["random_n_stable"].size == 100 and s["random_n_unstable"].size == \
         s["unstable_matched"].size
     # when the unstable features carry less mass, the stable side is drawn down instead
@@ -101,6 +103,7 @@ def test_dead_features_never_enter_a_set() -> None:
     fs = masking.masking_sets(none_stable, mass, energy, rng)
     assert fs.sets["stable"].size == 0 and fs.sets["unstable_matched"].size == 0
     assert fs.sets["null_stable"].size == 200 and dead.isdisjoint(fs.sets["null_matched"])
+    assert dead.isdisjoint(fs.sets["null_energy_matched"])
 
 
 def test_masked_ev_nothing_everything_and_one_feature(cache: ActivationCache) -> None:
@@ -176,6 +179,11 @@ def test_spliced_loss_leaves_outlier_positions_alone(runners) -> None:
     assert df["kl"].iloc[0] == pytest.approx(0.0, abs=1e-9)
 
 
+def pair_block(c3: dict, pair: str) -> dict:
+    """The c3 entry of a :data:`masking.PAIRS` key: ``null_mass`` is ``c3["null"]["mass"]``."""
+    return c3["null"][pair[len("null_"):]] if pair.startswith("null_") else c3[pair]
+
+
 def census_rows(seed: int, labels: np.ndarray, mass: np.ndarray,
                 energy: np.ndarray | None = None) -> pd.DataFrame:
     return pd.DataFrame({"seed": seed, "feature": np.arange(len(labels)), "label": labels,
@@ -206,13 +214,14 @@ def test_run_masking_table_and_summary(tmp_path: Path, cache: ActivationCache) -
     assert c3["anchors"] == [0, 1, 2] and set(c3) >= {"mass", "energy", "null", "n_matched",
                                                        "n_stable"}
     by = table.set_index(["seed", "set"])
+    assert set(c3["null"]) == {"mass", "energy"}  # the null goes through the claim's rule
     for pair, (first, second) in masking.PAIRS.items():
-        block = c3[pair]["delta_ev"]
+        block = pair_block(c3, pair)["delta_ev"]
         assert block["stable"] == [by.loc[(s, first), "delta_ev"] for s in range(3)]
         assert block["matched"] == [by.loc[(s, second), "delta_ev"] for s in range(3)]
         assert block["ratio"]["mean"] == pytest.approx(np.mean(block["stable"])
                                                        / np.mean(block["matched"]))
-        assert "delta_ce_err" not in c3[pair]  # no spliced loss measured here
+        assert "delta_ce_err" not in pair_block(c3, pair)  # no spliced loss measured here
     assert c3["n_matched"]["energy"] == [int(by.loc[(s, "unstable_energy_matched"),
                                                      "n_features"]) for s in range(3)]
     with pytest.raises(Exception, match="anchor seed 7"):
@@ -257,7 +266,7 @@ def c3_ratio(cache: ActivationCache, labels: np.ndarray, pair: str,
     _, summary = masking.run_masking({s: s for s in range(n_anchors)}, rows, cache,
                                      anchors=list(range(n_anchors)), load=lambda s: saes[s],
                                      seed=3)
-    return summary["c3"][pair]["delta_ev"]["ratio"]
+    return pair_block(summary["c3"], pair)["delta_ev"]["ratio"]
 
 
 def test_c3_ratio_flips_with_the_features_that_carry_the_signal(tmp_path: Path) -> None:
@@ -276,10 +285,10 @@ def test_c3_ratio_flips_with_the_features_that_carry_the_signal(tmp_path: Path) 
 def test_c3_null_of_equal_effect_has_ratio_near_one(tmp_path: Path) -> None:
     cache = scaled_cache(tmp_path / "cache", np.ones(16))
     labels = np.tile(np.r_[["stable"] * 8, ["unstable"] * 8], 2)
-    null = c3_ratio(cache, labels, "null")
-    assert abs(null["mean"] - 1) < 0.2
-    assert null["ci_low"] < 1 < null["ci_high"]  # never "reproduced" at a 1.5 floor
-    assert null["ci_low"] < 1.5
+    for pair in ("null_mass", "null_energy"):
+        null = c3_ratio(cache, labels, pair)
+        assert abs(null["mean"] - 1) < 0.2, pair
+        assert null["ci_low"] < 1 < null["ci_high"], pair  # never "reproduced" at a 1.5 floor
 
 
 def test_prefix_reuse_gives_the_full_rerun_numbers(tiny_model) -> None:
@@ -353,7 +362,7 @@ def test_run_masking_spliced_loss_fills_the_c3_block(tmp_path: Path, tiny_model)
         assert measured["delta_ce_err"].notna().all(), name
         assert measured["delta_ce_noerr"].notna().all() == (name in masking.RECONSTRUCTION_ONLY)
     for pair, (first, second) in masking.PAIRS.items():
-        block = summary["c3"][pair]["delta_ce_err"]
+        block = pair_block(summary["c3"], pair)["delta_ce_err"]
         assert block["stable"] == [by.loc[(s, first), "delta_ce_err"] for s in range(3)]
         assert block["matched"] == [by.loc[(s, second), "delta_ce_err"] for s in range(3)]
         assert np.isfinite(block["ratio"]["mean"]) and block["ratio"]["n"] == 3

@@ -22,10 +22,10 @@ at random until their total train mass equals the stable set's, so that the comp
 simply "more mass removed"; if the unstable features together carry less mass than the stable
 ones, stable features are drawn down to the unstable total instead); an **energy-matched** pair
 the same way on train energy (equal L1 mass favours sets of fewer, larger activations, while the
-EV lost grows with the square of what is removed); a **null pair of equal effect** (two disjoint
-random sets of live features, the second mass-matched to the first, whose ratio must come out
-near 1: the known negative of claim C3); and random live sets with the counts of the mass-matched
-pair.
+EV lost grows with the square of what is removed); **null pairs of equal effect** (a random set
+of live features, and a disjoint random set mass-matched, or energy-matched, to it, whose ratios
+must come out near 1: the known negative of claim C3); and random live sets with the counts of
+the mass-matched pair.
 """
 
 from __future__ import annotations
@@ -48,12 +48,13 @@ from .stability import mean_interval
 log = get_logger("masking")
 
 SET_ORDER = ("stable", "unstable", "stable_matched", "unstable_matched", "stable_energy_matched",
-             "unstable_energy_matched", "null_stable", "null_matched", "random_n_stable",
-             "random_n_unstable")
+             "unstable_energy_matched", "null_stable", "null_matched", "null_energy_matched",
+             "random_n_stable", "random_n_unstable")
 PAIRS: dict[str, tuple[str, str]] = {
     "mass": ("stable_matched", "unstable_matched"),
     "energy": ("stable_energy_matched", "unstable_energy_matched"),
-    "null": ("null_stable", "null_matched"),
+    "null_mass": ("null_stable", "null_matched"),
+    "null_energy": ("null_stable", "null_energy_matched"),
 }
 """The C3 comparisons: (set playing "stable", set matched to it) per matching."""
 RECONSTRUCTION_ONLY = ("none", "stable", "unstable")
@@ -127,9 +128,10 @@ def masking_sets(labels: Sequence[str] | np.ndarray, mass: np.ndarray, energy: n
     """The masking sets (see module docstring) from per-feature labels and train-split mass and
     energy. Features labelled ``dead`` enter no set.
 
-    The null pair: its first set has as many features as the stable set (at most a third of the
-    live features, and a third when there are no stable features), drawn at random from the live
-    features; its second is mass-matched to the first from the remaining live features.
+    The null pairs share their first set: as many features as the stable set (at most a third of
+    the live features, and a third when there are no stable features), drawn at random from the
+    live features; the second set is drawn from the remaining live features, mass-matched
+    (``null_matched``) or energy-matched (``null_energy_matched``) to the first.
     """
     labels = np.asarray(labels).astype(str)
     mass = np.asarray(mass, dtype=np.float64)
@@ -144,7 +146,9 @@ def masking_sets(labels: Sequence[str] | np.ndarray, mass: np.ndarray, energy: n
     stable_e, unstable_e, side_e = matched_pair(stable, unstable, energy, rng)
     n_null = min(stable.size, live.size // 3) if stable.size else live.size // 3
     null_a = np.sort(rng.choice(live, size=n_null, replace=False))
-    null_b = matched_subset(np.setdiff1d(live, null_a), mass, float(mass[null_a].sum()), rng)
+    rest = np.setdiff1d(live, null_a)
+    null_b = matched_subset(rest, mass, float(mass[null_a].sum()), rng)
+    null_c = matched_subset(rest, energy, float(energy[null_a].sum()), rng)
     sets = {
         "stable": stable,
         "unstable": unstable,
@@ -154,6 +158,7 @@ def masking_sets(labels: Sequence[str] | np.ndarray, mass: np.ndarray, energy: n
         "unstable_energy_matched": unstable_e,
         "null_stable": null_a,
         "null_matched": null_b,
+        "null_energy_matched": null_c,
         "random_n_stable": np.sort(rng.choice(live, size=stable_m.size, replace=False)),
         "random_n_unstable": np.sort(rng.choice(live, size=unstable_m.size, replace=False)),
     }
@@ -177,6 +182,8 @@ def masking_sets(labels: Sequence[str] | np.ndarray, mass: np.ndarray, energy: n
            for k, v in _pair_info("energy", stable_e, unstable_e, energy).items()},
         **{k.replace("_first", "_a").replace("_second", "_b"): v
            for k, v in _pair_info("null_mass", null_a, null_b, mass).items()},
+        **{k.replace("_first", "_a").replace("_second", "_c"): v
+           for k, v in _pair_info("null_energy", null_a, null_c, energy).items()},
     }
     return FeatureSets(sets=sets, info=info)
 
@@ -491,42 +498,55 @@ def run_masking(seed_dirs: Mapping[int, Any], features: pd.DataFrame, cache: Act
     return table, summarize(table, pd.DataFrame(infos))
 
 
+def _pair_block(table: pd.DataFrame, anchors: list[int], first: str,
+                second: str) -> dict[str, Any]:
+    """Per-anchor values of one pair and the ratio of their means, jackknifed over anchors."""
+    out = {}
+    for metric in ("delta_ev", "delta_ce_err"):
+        if metric not in table:
+            continue
+        wide = table.pivot(index="seed", columns="set", values=metric).loc[anchors]
+        a, b = wide[first].to_numpy(np.float64), wide[second].to_numpy(np.float64)
+        out[metric] = {"stable": a.tolist(), "matched": b.tolist(),
+                       "ratio": resampling.ratio_of_means(a, b)}
+    return out
+
+
 def c3_block(table: pd.DataFrame, infos: pd.DataFrame) -> dict[str, Any]:
     """Per-anchor values and seed-level intervals of the C3 comparisons.
 
-    For each pair of :data:`PAIRS` and each measure (``delta_ev``, and ``delta_ce_err`` when the
-    spliced loss was measured): the per-anchor values of the set playing "stable" and of the set
-    matched to it, in the order of ``anchors``, and the ratio of their means with its
-    leave-one-anchor-out jackknife interval (:func:`saestab.resampling.ratio_of_means`).
+    ``mass`` and ``energy`` (the stable set against the unstable set matched on train mass or
+    energy) and ``null`` with the same two entries for the null pairs of equal effect, so that
+    the null goes through the claim's rule unchanged. Each entry holds, per measure
+    (``delta_ev``, and ``delta_ce_err`` when the spliced loss was measured), the per-anchor
+    values of the set playing "stable" and of the set matched to it, in the order of
+    ``anchors``, and the ratio of their means with its leave-one-anchor-out jackknife interval
+    (:func:`saestab.resampling.ratio_of_means`).
     """
     anchors = sorted(int(s) for s in table["seed"].unique())
-    block: dict[str, Any] = {}
-    for pair, (first, second) in PAIRS.items():
-        block[pair] = {}
-        for metric in ("delta_ev", "delta_ce_err"):
-            if metric not in table:
-                continue
-            wide = table.pivot(index="seed", columns="set", values=metric).loc[anchors]
-            a, b = wide[first].to_numpy(np.float64), wide[second].to_numpy(np.float64)
-            block[pair][metric] = {"stable": a.tolist(), "matched": b.tolist(),
-                                   "ratio": resampling.ratio_of_means(a, b)}
     sizes = table.pivot(index="seed", columns="set", values="n_features").loc[anchors]
     info = infos.set_index("seed").loc[anchors]
-    block.update({
+
+    def n(name: str) -> list[int]:
+        return sizes[name].astype(int).tolist()
+
+    return {
+        "mass": _pair_block(table, anchors, *PAIRS["mass"]),
+        "energy": _pair_block(table, anchors, *PAIRS["energy"]),
+        "null": {"mass": _pair_block(table, anchors, *PAIRS["null_mass"]),
+                 "energy": _pair_block(table, anchors, *PAIRS["null_energy"])},
         "anchors": anchors,
-        "n_stable": sizes["stable"].astype(int).tolist(),
-        "n_matched": {"mass": sizes["unstable_matched"].astype(int).tolist(),
-                      "energy": sizes["unstable_energy_matched"].astype(int).tolist()},
-        "n_stable_matched": {"mass": sizes["stable_matched"].astype(int).tolist(),
-                             "energy": sizes["stable_energy_matched"].astype(int).tolist()},
-        "n_null": [sizes["null_stable"].astype(int).tolist(),
-                   sizes["null_matched"].astype(int).tolist()],
+        "n_stable": n("stable"),
+        "n_matched": {"mass": n("unstable_matched"), "energy": n("unstable_energy_matched")},
+        "n_stable_matched": {"mass": n("stable_matched"), "energy": n("stable_energy_matched")},
+        "n_null": {"first": n("null_stable"), "mass": n("null_matched"),
+                   "energy": n("null_energy_matched")},
         "n_dead": info["n_dead"].astype(int).tolist(),
         "match_error": {"mass": info["mass_match_error"].tolist(),
                         "energy": info["energy_match_error"].tolist(),
-                        "null": info["null_mass_match_error"].tolist()},
-    })
-    return block
+                        "null_mass": info["null_mass_match_error"].tolist(),
+                        "null_energy": info["null_energy_match_error"].tolist()},
+    }
 
 
 def summarize(table: pd.DataFrame, infos: pd.DataFrame) -> dict[str, Any]:

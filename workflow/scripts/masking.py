@@ -47,7 +47,10 @@ summary["ce_documents"] = (0 if picked is None else
                            len(set(owners[owners >= 0].tolist())))
 stability.write_table(table, sm.output.table)
 io.write_json(sm.output.summary, summary)
-for pair in ("mass", "energy", "null"):
-    r = summary["c3"][pair]["delta_ev"]["ratio"]
-    log.info("ΔEV ratio %s: %.3f [%.3f, %.3f] over %d anchors (jackknife)", pair, r["mean"],
+c3 = summary["c3"]
+for name, block in (("mass-matched", c3["mass"]), ("energy-matched", c3["energy"]),
+                    ("null, mass-matched", c3["null"]["mass"]),
+                    ("null, energy-matched", c3["null"]["energy"])):
+    r = block["delta_ev"]["ratio"]
+    log.info("ΔEV ratio %s: %.3f [%.3f, %.3f] over %d anchors (jackknife)", name, r["mean"],
              r["ci_low"], r["ci_high"], r["n"])

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stability
-from ..masking import PAIRS, SET_ORDER
+from ..masking import SET_ORDER
 from ..surface import frequency_bins
 from .base import WEIGHTS_ORDER, Config, finish_panels, label, save, style, weights_panels
 
@@ -22,14 +22,16 @@ SET_LABELS = {
     "stable": "all stable", "unstable": "all unstable", "stable_matched": "stable (mass)",
     "unstable_matched": "unstable (mass-matched)", "stable_energy_matched": "stable (energy)",
     "unstable_energy_matched": "unstable (energy-matched)", "null_stable": "null: random",
-    "null_matched": "null: random (mass-matched)", "random_n_stable": "random, n(stable)",
+    "null_matched": "null: random (mass-matched)",
+    "null_energy_matched": "null: random (energy-matched)", "random_n_stable": "random, n(stable)",
     "random_n_unstable": "random, n(unstable)",
 }
 
 
-PAIR_LABELS = {"mass": "stable /\nmass-matched unstable",
-               "energy": "stable /\nenergy-matched unstable",
-               "null": "null: random /\nmass-matched random"}
+PAIR_LABELS = {"mass": "stable /\nmass-matched",
+               "energy": "stable /\nenergy-matched",
+               "null_mass": "null: random /\nmass-matched",
+               "null_energy": "null: random /\nenergy-matched"}
 METRIC_NAMES = {"delta_ev": "ΔEV", "delta_ce_err": "ΔCE (error kept)"}
 
 
@@ -79,13 +81,16 @@ def _bars(configs: Sequence[Config], out: str | Path, metrics: Sequence[tuple[st
 def _ratios(ax: plt.Axes, configs: Sequence[Config], metric: str) -> None:
     """The C3 ratios (stable side / matched side, ratio of means over anchors with the
     leave-one-anchor-out jackknife interval) for the mass- and energy-matched pairs and the null
-    pair of equal effect, which should sit at 1."""
-    pairs = [p for p in PAIRS if p in ("mass", "energy", "null")]
+    pairs of equal effect, which should sit at 1."""
+    pairs = list(PAIR_LABELS)
     x = np.arange(len(pairs))
     width = 0.8 / max(len(configs), 1)
     for i, c in enumerate(configs):
         c3 = _summary(c).get("c3", {})
-        got = [c3.get(p, {}).get(metric, {}).get("ratio") for p in pairs]
+        blocks = {"mass": c3.get("mass"), "energy": c3.get("energy"),
+                  "null_mass": (c3.get("null") or {}).get("mass"),
+                  "null_energy": (c3.get("null") or {}).get("energy")}
+        got = [((blocks[p] or {}).get(metric) or {}).get("ratio") for p in pairs]
         if not any(got):
             continue
         nan = {"mean": np.nan, "ci_low": np.nan, "ci_high": np.nan}
