@@ -44,7 +44,7 @@ def to_json(obj: dict) -> dict:
     return json.loads(json.dumps(obj, default=float))
 
 
-@functools.lru_cache(maxsize=None)  # the stage outputs are only read: share them across tests
+@functools.cache  # the stage outputs are only read: share them across tests
 def census_summary(kind: str, ev: float, *, seed: int = 0, dead: float = 0.01,
                    delta: float = 0.005, init_cos: float = 0.2) -> dict:
     rng = np.random.default_rng(seed)

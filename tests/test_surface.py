@@ -91,13 +91,21 @@ def test_compare_labels_and_binned_difference() -> None:
 def test_run_surface_contexts_and_browser(tmp_path: Path, cache: ActivationCache) -> None:
     seeds = {0: save_sae(identity_relu(), tmp_path / "seed0")}
     census = pd.DataFrame({"seed": 0, "feature": np.arange(D),
-                           "label": ["unstable"] * 3 + ["stable"] * 5,
-                           "p_hat": [0.0] * 3 + [1.0] * 5})
+                           "label": ["unstable"] * 3 + ["stable"] * 4 + ["dead"],
+                           "p_hat": [0.0] * 3 + [1.0] * 4 + [0.0]})
     res = surface.run_surface(seeds, census, cache, ByteTokenizer(), anchors=[0], top_k=16,
                               n_browse=2, n_contexts=3)
-    assert len(res.features) == D and set(res.features["label"]) == {"stable", "unstable"}
+    assert len(res.features) == D
+    assert set(res.features["label"]) == {"stable", "unstable", "dead"}
+    assert res.features["live"].tolist() == [True] * 7 + [False]
+    pa = res.summary["per_anchor"][0]
+    assert (pa["n_stable"], pa["n_unstable"], pa["n_dead"]) == (4, 3, 1)
     assert res.summary["single_token_unstable"]["mean"] == 1.0  # '.', ' ', '9'
     assert res.summary["single_token_stable"]["mean"] == 0.0
+    c4 = res.summary["c4"]
+    assert c4["anchors"] == [0] and len(c4["null"]["frequency_ratio"]["per_anchor"]) == 1
+    assert c4["frequency_ratio"]["per_anchor"] == [pa["frequency_ratio"]]
+    assert "dead" not in set(res.contexts["label"])  # never browsed either
     ctx = res.contexts
     assert set(ctx.columns) >= {"anchor", "feature", "label", "p_hat", "frequency", "rank",
                                 "activation", "token_id", "token", "left", "right"}
@@ -117,3 +125,65 @@ def test_compare_labels_without_enough_features_is_empty_not_an_error() -> None:
     comp = surface.compare_labels(t, metrics=["top_token_share"])
     assert comp.empty and "metric" in comp.columns
     assert np.isnan(surface.binned_difference(comp, "top_token_share"))
+
+
+def planted_anchor(rng: np.random.Generator, n: int = 600) -> pd.DataFrame:
+    """One anchor's features: unstable ones ~10x rarer and, at equal frequency, 0.3 more
+    single-token; plus dead features that would push both statistics the other way."""
+    label = rng.choice(["stable", "unstable", "middle"], size=n, p=[0.4, 0.4, 0.2])
+    logf = rng.uniform(-4, -1, n) - np.where(label == "unstable", 1.0, 0.0)
+    share = rng.uniform(0.1, 0.5, n) + np.where(label == "unstable", 0.3, 0.0)
+    live = pd.DataFrame({"label": label, "frequency": 10 ** logf, "top_token_share": share})
+    dead = pd.DataFrame({"label": "dead", "frequency": np.zeros(50),
+                         "top_token_share": np.zeros(50)})
+    return pd.concat([live, dead], ignore_index=True)
+
+
+def test_c4_statistics_flip_and_the_shuffled_null_sits_at_no_effect() -> None:
+    rng = np.random.default_rng(0)
+    tables = [planted_anchor(rng) for _ in range(6)]
+    real, flipped, null = [], [], []
+    for t in tables:
+        live = t[surface.live_features(t)]
+        assert (live["label"] != "dead").all() and len(live) == len(t) - 50
+        real.append(surface.c4_statistics(live))
+        swap = live.assign(label=live["label"].map(
+            {"stable": "unstable", "unstable": "stable", "middle": "middle"}))
+        flipped.append(surface.c4_statistics(swap))
+        null.append(surface.c4_statistics(surface.shuffled_labels(live, rng)))
+    block = surface.c4_block(pd.DataFrame(real), pd.DataFrame(null), anchors=range(6))
+    ratio, diff = block["frequency_ratio"], block["binned_top_token_share_diff"]
+    assert len(ratio["per_anchor"]) == 6 and block["anchors"] == list(range(6))
+    assert 0.05 < ratio["interval"]["mean"] < 0.2 and ratio["interval"]["ci_high"] < 1
+    assert diff["interval"]["mean"] == pytest.approx(0.3, abs=0.05)
+    assert diff["interval"]["ci_low"] > 0
+    assert 0 < diff["interval"]["ci_high"] - diff["interval"]["ci_low"]  # seeds vary
+    # an anchor without a usable statistic is listed but left out of the interval
+    gap = pd.DataFrame(real).assign(binned_top_token_share_diff=lambda f: f[
+        "binned_top_token_share_diff"].where(f.index != 2))
+    part = surface.c4_block(gap, pd.DataFrame(null), anchors=range(6))
+    assert np.isnan(part["binned_top_token_share_diff"]["per_anchor"][2])
+    assert part["binned_top_token_share_diff"]["interval"]["n"] == 5
+    assert np.isfinite(part["binned_top_token_share_diff"]["interval"]["ci_low"])
+    # swapping the labels flips both statistics
+    flip = pd.DataFrame(flipped)
+    assert (flip["frequency_ratio"] > 5).all()
+    assert (flip["binned_top_token_share_diff"] < -0.2).all()
+    # the shuffled-label null: ratio near 1, difference near 0, both intervals covering them
+    n_ratio = block["null"]["frequency_ratio"]["interval"]
+    n_diff = block["null"]["binned_top_token_share_diff"]["interval"]
+    assert abs(n_ratio["mean"] - 1) < 0.25 and n_ratio["ci_low"] < 1 < n_ratio["ci_high"]
+    assert abs(n_diff["mean"]) < 0.05 and n_diff["ci_low"] < 0 < n_diff["ci_high"]
+    # the dead features would have counted as unstable: ratio 0, share difference reversed
+    with_dead = planted_anchor(np.random.default_rng(1)).replace({"label": {"dead": "unstable"}})
+    assert surface.c4_statistics(with_dead)["frequency_ratio"] < \
+        surface.c4_statistics(with_dead[surface.live_features(with_dead)])["frequency_ratio"]
+
+
+def test_shuffled_labels_keeps_counts_and_other_labels() -> None:
+    t = planted_anchor(np.random.default_rng(2))
+    s = surface.shuffled_labels(t, np.random.default_rng(0))
+    assert (s["label"].value_counts() == t["label"].value_counts()).all()
+    keep = ~t["label"].isin(["stable", "unstable"])
+    assert (s.loc[keep, "label"] == t.loc[keep, "label"]).all()
+    assert (s["label"] != t["label"]).any()

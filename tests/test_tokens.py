@@ -117,6 +117,20 @@ def test_even_shares_water_fill_the_budget() -> None:
         tokens.even_shares(lengths, 487)
 
 
+def test_document_windows_are_contiguous_and_at_least_min_share() -> None:
+    lists = [np.arange(1000 * i, 1000 * i + n) for i, n in enumerate([300, 40, 500, 200, 90])]
+    rng = np.random.default_rng(0)
+    windows = tokens.document_windows(lists, 400, rng)
+    assert [len(w) for w in windows] == [90, 40, 90, 90, 90]
+    assert all((np.diff(w) == 1).all() for w in windows)  # contiguous pieces of each document
+    assert all(set(w) <= set(doc) for w, doc in zip(windows, lists, strict=True))
+    # an even share of 20 tokens is below a 64-token minimum: the first documents only
+    windows = tokens.document_windows(lists, 100, rng, min_share=64)
+    assert [len(w) for w in windows] == [60, 40, 0, 0, 0]
+    windows = tokens.document_windows(lists, 150, rng, min_share=64)
+    assert [len(w) for w in windows] == [55, 40, 55, 0, 0]
+
+
 def test_eval_and_train_spread_over_many_documents() -> None:
     rng = np.random.default_rng(0)
     lengths = rng.integers(200, 2000, size=60).tolist()

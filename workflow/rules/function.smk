@@ -12,6 +12,7 @@ rule masking:
         groups=lambda wc: sae_group_dirs(wc.model, wc.weights, wc.hook, wc.variant),
         features="results/{model}/{weights}/{hook}/stability/{variant}/features.parquet",
         eval="results/{model}/{weights}/{hook}/cache/eval",
+        tokens="results/{model}/tokens",
         model=model_files,
     output:
         table="results/{model}/{weights}/{hook}/function/{variant}/masking.parquet",

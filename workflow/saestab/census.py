@@ -11,7 +11,8 @@ it measures the initialiser, not the model. The seed-level statistics the verdic
 shares of live features, the endpoint mass against a homogeneous-p binomial) come with
 leave-one-seed-out jackknife intervals (:mod:`saestab.resampling`), and the same statistics are
 computed on known negatives (a homogeneous-p table, SAEs with random decoders, and this
-configuration's table re-drawn from its own per-feature p̂) so that the summary can show its rules failing there.
+configuration's table re-drawn from its own per-feature p̂) so that the summary can show its
+rules failing there.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from scipy import stats
 
 from . import io, matching, resampling, stability

@@ -14,9 +14,9 @@ For one SAE configuration (several seeds) and its census labels (each seed as an
   held-out), a random r-dim subspace (r/d, and one drawn), a **covariance-matched** random
   subspace (the span of r draws from N(0, Σ) of the eval activations: the baseline a learned
   subspace must beat, since any set of directions fitted to anisotropic data beats an isotropic
-  one), the top-r PCA subspace of the eval activations, the top-r subspace of a's stable features; the same for the reconstruction
-  contribution ``sum_{j in H2_b} f_j(x) d_j`` of b's held-out unstable features on the eval set
-  (activation-level), and cross-seed with full sets.
+  one), the top-r PCA subspace of the eval activations, the top-r subspace of a's stable
+  features; the same for the reconstruction contribution ``sum_{j in H2_b} f_j(x) d_j`` of b's
+  held-out unstable features on the eval set (activation-level), and cross-seed with full sets.
 * **angles**: principal angles between seeds' full unstable subspaces (rank
   ``min(r_a, r_b)``) beside those between two random subspaces of the same dimension.
 

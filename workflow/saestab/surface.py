@@ -10,6 +10,13 @@ bits), and the shares whose current token is punctuation, whitespace, or digits.
 activations. Stable and unstable features are compared overall and within log-frequency bins
 (Kolmogorov–Smirnov statistics, and bin-weighted mean differences), so that "unstable features
 are surface-form" is not merely "unstable features are rare".
+
+Only live features enter the comparisons: a feature labelled ``dead`` by the census (never
+active on the train split), or one that never fires on the scanned train split, is left out, as
+its frequency and token measures say nothing about its character. Claim C4 is summarised per
+anchor SAE (the independent unit) by :func:`c4_statistics`, with seed-level intervals and a
+known-negative null: the same statistics after shuffling the stable/unstable labels among the
+anchor's live stable and unstable features, which must give a ratio near 1 and a difference near 0.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from . import resampling
 from .activations import ActivationCache
 from .logs import get_logger, progress
 from .models import Tokenizer
@@ -213,6 +221,59 @@ def binned_difference(comparison: pd.DataFrame, metric: str) -> float:
     return float(np.sum(w * (c["mean_unstable"] - c["mean_stable"])) / w.sum())
 
 
+def live_features(table: pd.DataFrame, split: str = "train") -> np.ndarray:
+    """Boolean mask of the features that may enter a stable/unstable contrast: not labelled
+    ``dead``, and (on the train split, where the census decides deadness) firing at least once."""
+    live = table["label"].astype(str).to_numpy() != "dead"
+    if split == "train":
+        live &= table["frequency"].to_numpy() > 0
+    return live
+
+
+def c4_statistics(table: pd.DataFrame, n_bins: int = 6) -> dict[str, float]:
+    """The two C4 statistics of one anchor from its live features (``label``, ``frequency``,
+    ``top_token_share``): ``frequency_ratio``, the median frequency of the unstable features over
+    that of the stable ones, and ``binned_top_token_share_diff``, the within-frequency-bin
+    difference of top-token share, unstable - stable (:func:`binned_difference`). NaN where a
+    label has too few features."""
+    st = table.loc[table["label"] == "stable", "frequency"]
+    un = table.loc[table["label"] == "unstable", "frequency"]
+    ratio = (float(un.median() / st.median()) if len(st) and len(un) and st.median() > 0
+             else float("nan"))
+    comp = compare_labels(table, metrics=["top_token_share"], n_bins=n_bins)
+    return {"frequency_ratio": ratio,
+            "binned_top_token_share_diff": binned_difference(comp, "top_token_share")}
+
+
+def shuffled_labels(table: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """``table`` with the stable/unstable labels permuted among its stable and unstable rows (the
+    C4 null: same counts, no relation between label and feature)."""
+    labels = table["label"].astype(str).to_numpy().copy()
+    idx = np.flatnonzero(np.isin(labels, ("stable", "unstable")))
+    labels[idx] = labels[rng.permutation(idx)]
+    return table.assign(label=labels)
+
+
+def c4_block(per_anchor: pd.DataFrame, null: pd.DataFrame,
+             anchors: Sequence[int]) -> dict[str, Any]:
+    """Per-anchor C4 statistics and their means with leave-one-anchor-out jackknife intervals
+    (:func:`saestab.resampling.mean_of`), for the real labels and for the shuffled-label null.
+    An anchor whose statistic is undefined (NaN: too few stable or unstable features, or no
+    frequency bin with enough of both) stays in ``per_anchor`` but not in the interval, whose
+    ``n`` counts the anchors used."""
+    def block(frame: pd.DataFrame) -> dict[str, Any]:
+        out = {}
+        for k in ("frequency_ratio", "binned_top_token_share_diff"):
+            v = frame[k].to_numpy(np.float64)
+            used = v[np.isfinite(v)]
+            interval = (resampling.mean_of(used) if used.size else
+                        resampling._interval(float("nan"), float("nan"), 0, 0.05, 0))
+            out[k] = {"per_anchor": v.tolist(), "interval": interval}
+        return out
+
+    return {**block(per_anchor), "null": block(null), "anchors": [int(a) for a in anchors]}
+
+
 # ------------------------------------------------------------------------------------------
 # top contexts and the browser
 # ------------------------------------------------------------------------------------------
@@ -305,13 +366,16 @@ def run_surface(seed_dirs: Mapping[int, Any], census: pd.DataFrame, cache: Activ
                 tokenizer: Tokenizer, *, anchors: Sequence[int], top_k: int = 64,
                 single_token_share: float = 0.5, n_bins: int = 6, n_browse: int = 16,
                 n_contexts: int = 10, seed: int = 0, batch_size: int = 4096,
-                device: str | torch.device = "cpu") -> SurfaceResult:
+                device: str | torch.device = "cpu", split: str = "train") -> SurfaceResult:
     """Activation and token statistics of every anchor SAE of one configuration, compared by
-    stability label; top contexts of ``n_browse`` random stable and unstable features each."""
+    stability label over the live features (``split`` names the cache's split, see
+    :func:`live_features`); top contexts of ``n_browse`` random stable and unstable features
+    each; the C4 block with its shuffled-label null (seeded by ``seed``)."""
     rng = np.random.default_rng(seed)
+    null_rng = np.random.default_rng([seed, 1])
     token_ids = np.asarray(cache.token_ids())
     tokens = TokenInfo.build(tokenizer, token_ids)
-    tables, comps, ctxs, per_anchor = [], [], [], []
+    tables, comps, ctxs, per_anchor, null_rows = [], [], [], [], []
     for s in anchors:
         lab = census[census["seed"] == s].sort_values("feature")
         sae = load_sae(seed_dirs[s], device=device)
@@ -322,19 +386,23 @@ def run_surface(seed_dirs: Mapping[int, Any], census: pd.DataFrame, cache: Activ
         t.insert(0, "seed", s)
         t.insert(2, "label", lab["label"].astype(str).to_numpy())
         t.insert(3, "p_hat", lab["p_hat"].to_numpy())
-        comp = compare_labels(t, n_bins=n_bins).assign(seed=s)
-        pick = sample_features(t, n_browse, rng)
+        t.insert(4, "live", live_features(t, split))
+        live = t[t["live"]]
+        comp = compare_labels(live, n_bins=n_bins).assign(seed=s)
+        pick = sample_features(live, n_browse, rng)
         ctx = top_contexts(acts, pick, cache, tokenizer, n_contexts=n_contexts)
         info = t.set_index("feature").loc[ctx["feature"], ["label", "p_hat", "frequency"]]
         ctx = ctx.assign(anchor=s, label=info["label"].to_numpy(),
                          p_hat=info["p_hat"].to_numpy(), frequency=info["frequency"].to_numpy())
-        st, un = t[t["label"] == "stable"], t[t["label"] == "unstable"]
+        st, un = live[live["label"] == "stable"], live[live["label"] == "unstable"]
+        c4 = c4_statistics(live, n_bins)
+        null_rows.append({"seed": s, **c4_statistics(shuffled_labels(live, null_rng), n_bins)})
         per_anchor.append({
             "seed": s, "n_stable": len(st), "n_unstable": len(un),
+            "n_dead": int((~t["live"]).sum()),
             "median_frequency_stable": float(st["frequency"].median()),
             "median_frequency_unstable": float(un["frequency"].median()),
-            "frequency_ratio": float(un["frequency"].median() / st["frequency"].median())
-            if len(st) and st["frequency"].median() > 0 else float("nan"),
+            "frequency_ratio": c4["frequency_ratio"],
             "single_token_stable": float(st["single_token"].mean()),
             "single_token_unstable": float(un["single_token"].mean()),
             **{f"binned_diff_{m}": binned_difference(comp, m)
@@ -353,6 +421,9 @@ def run_surface(seed_dirs: Mapping[int, Any], census: pd.DataFrame, cache: Activ
         "single_token_share": single_token_share,
         "per_anchor": pa.to_dict(orient="records"),
         **{k: mean_interval(pa[k]) for k in pa.columns if k != "seed"},
+        "c4": c4_block(pa.rename(columns={"binned_diff_top_token_share":
+                                          "binned_top_token_share_diff"}),
+                       pd.DataFrame(null_rows), anchors),
     }
     return SurfaceResult(features=pd.concat(tables, ignore_index=True),
                          comparison=pd.concat(comps, ignore_index=True),

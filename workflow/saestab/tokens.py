@@ -117,10 +117,22 @@ def even_shares(lengths: Sequence[int], budget: int) -> np.ndarray:
 
 
 def document_windows(token_lists: Sequence[np.ndarray], budget: int,
-                     rng: np.random.Generator) -> list[np.ndarray]:
+                     rng: np.random.Generator, min_share: int = 1) -> list[np.ndarray]:
     """One contiguous window per document, of the sizes :func:`even_shares` gives for ``budget``,
-    each at a random offset inside its document (empty for documents that contribute nothing)."""
-    shares = even_shares([len(t) for t in token_lists], budget)
+    each at a random offset inside its document (empty for documents that contribute nothing).
+
+    When an even share over all documents would fall below ``min_share`` tokens (e.g. one
+    context's worth, so that a context does not stitch together a dozen documents), only the
+    first documents (in the given, shuffled order) are used: the fewest whose windows of up to
+    ``min_share`` tokens cover the budget.
+    """
+    lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
+    shares = even_shares(lengths, budget)
+    if budget > 0 and shares.max() < min_share:
+        covered = np.cumsum(np.minimum(lengths, min_share))
+        n_docs = int(np.searchsorted(covered, budget)) + 1
+        shares = np.zeros_like(lengths)
+        shares[:n_docs] = even_shares(lengths[:n_docs], budget)
     windows = []
     for tokens, share in zip(token_lists, shares, strict=True):
         start = int(rng.integers(0, len(tokens) - share + 1))
@@ -210,8 +222,9 @@ def tokenize_corpus(docs: Sequence[Document], encode: Callable[[str], Sequence[i
     ``train_tokens``/``eval_tokens`` count stream positions after BOS (text tokens and EOS
     separators); each split gets the smallest number of whole contexts that covers its budget.
     The eval split holds at least ``eval_documents`` documents (see :func:`split_documents`);
-    within each split every document contributes an even share of the budget
-    (:func:`document_windows`; windows drawn with ``default_rng([seed, split])``). A leading BOS
+    within each split every document contributes an even share of the budget, at least one
+    context's worth where the budget allows (:func:`document_windows`; windows drawn with
+    ``default_rng([seed, split])``). A leading BOS
     or trailing EOS that ``encode`` adds itself is removed first.
 
     Returns ``{"train": {...}, "eval": {...}, "context_length", "seed", "prepend_bos",
@@ -251,7 +264,9 @@ def tokenize_corpus(docs: Sequence[Document], encode: Callable[[str], Sequence[i
                 f"tokens ({needed} in whole contexts), but the documents provide only "
                 f"{sum(len(t) for t in lists)}")
         try:
-            windows = document_windows(lists, needed, np.random.default_rng([seed, number]))
+            windows = document_windows(lists, needed, np.random.default_rng([seed, number]),
+                                       min_share=_chunk_length(context_length, bos_token_id,
+                                                               prepend_bos))
             contexts, doc_ids = make_contexts(
                 windows, context_length, budget, bos_token_id, eos_token_id, prepend_bos,
                 doc_indices=[int(i) for i in idx])

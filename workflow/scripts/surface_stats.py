@@ -27,7 +27,8 @@ res = surface.run_surface(
     tokenizer, anchors=sorted(seeds)[: cfg["n_anchors"]], top_k=cfg["top_k"],
     single_token_share=cfg["single_token_share"], n_bins=cfg["frequency_bins"],
     n_browse=cfg["browse_features"], n_contexts=cfg["browse_contexts"], seed=sm.params.seed,
-    batch_size=runtime.setting(sm.config, "function.surface.batch_size"), device=device)
+    batch_size=runtime.setting(sm.config, "function.surface.batch_size"), device=device,
+    split=cfg["split"])
 res.summary["split"] = cfg["split"]
 stability.write_table(res.features, sm.output.features)
 stability.write_table(res.comparison, sm.output.comparison)
@@ -42,6 +43,10 @@ page = surface.browser_html(res.contexts, shown, f"{w.model} {w.weights} {w.hook
 with io.atomic_path(sm.output.browser) as tmp:
     Path(tmp).write_text(page, encoding="utf-8")
 s = res.summary
-log.info("frequency ratio unstable/stable %.3f; single-token share stable %.3f, unstable %.3f",
-         s["frequency_ratio"]["mean"], s["single_token_stable"]["mean"],
+log.info("single-token share stable %.3f, unstable %.3f", s["single_token_stable"]["mean"],
          s["single_token_unstable"]["mean"])
+for key in ("frequency_ratio", "binned_top_token_share_diff"):
+    real, null = s["c4"][key]["interval"], s["c4"]["null"][key]["interval"]
+    log.info("%s: %.3f [%.3f, %.3f]; shuffled-label null %.3f [%.3f, %.3f] (jackknife over %d "
+             "anchors)", key, real["mean"], real["ci_low"], real["ci_high"], null["mean"],
+             null["ci_low"], null["ci_high"], real["n"])

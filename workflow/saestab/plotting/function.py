@@ -19,10 +19,20 @@ from ..surface import frequency_bins
 from .base import WEIGHTS_ORDER, Config, finish_panels, label, save, style, weights_panels
 
 SET_LABELS = {
-    "stable": "all stable", "unstable": "all unstable", "stable_matched": "stable (matched)",
-    "unstable_matched": "unstable (mass-matched)", "random_n_stable": "random, n(stable)",
+    "stable": "all stable", "unstable": "all unstable", "stable_matched": "stable (mass)",
+    "unstable_matched": "unstable (mass-matched)", "stable_energy_matched": "stable (energy)",
+    "unstable_energy_matched": "unstable (energy-matched)", "null_stable": "null: random",
+    "null_matched": "null: random (mass-matched)",
+    "null_energy_matched": "null: random (energy-matched)", "random_n_stable": "random, n(stable)",
     "random_n_unstable": "random, n(unstable)",
 }
+
+
+PAIR_LABELS = {"mass": "stable /\nmass-matched",
+               "energy": "stable /\nenergy-matched",
+               "null_mass": "null: random /\nmass-matched",
+               "null_energy": "null: random /\nenergy-matched"}
+METRIC_NAMES = {"delta_ev": "ΔEV", "delta_ce_err": "ΔCE (error kept)"}
 
 
 def _summary(c: Config) -> dict:
@@ -35,8 +45,8 @@ def _bars(configs: Sequence[Config], out: str | Path, metrics: Sequence[tuple[st
     per metric, one column per weights, one colour per configuration."""
     style()
     weights = [w for w in WEIGHTS_ORDER if any(c["weights"] == w for c in configs)]
-    fig, axes = plt.subplots(len(metrics), len(weights), figsize=(5.6 * len(weights),
-                             3.3 * len(metrics)), squeeze=False)
+    fig, axes = plt.subplots(len(metrics) + 1, len(weights), figsize=(7.5 * len(weights),
+                             3.3 * (len(metrics) + 1)), squeeze=False)
     x = np.arange(len(SET_ORDER))
     for col, w in enumerate(weights):
         cs = [c for c in configs if c["weights"] == w]
@@ -47,9 +57,11 @@ def _bars(configs: Sequence[Config], out: str | Path, metrics: Sequence[tuple[st
                 sets = _summary(c)["sets"]
                 if metric not in sets.get("none", {}):
                     continue
-                mean = np.array([sets[s][metric]["mean"] for s in SET_ORDER])
-                lo = np.array([sets[s][metric]["ci_low"] for s in SET_ORDER])
-                hi = np.array([sets[s][metric]["ci_high"] for s in SET_ORDER])
+                nan = {"mean": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+                shown = [sets.get(s, {}).get(metric, nan) for s in SET_ORDER]
+                mean = np.array([v["mean"] for v in shown])
+                lo = np.array([v["ci_low"] for v in shown])
+                hi = np.array([v["ci_high"] for v in shown])
                 err = np.nan_to_num(np.vstack([mean - lo, hi - mean]))
                 ax.bar(x + (i - (len(cs) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
                        color=f"C{i}", label=label(c))
@@ -59,8 +71,39 @@ def _bars(configs: Sequence[Config], out: str | Path, metrics: Sequence[tuple[st
             ax.set_ylabel(ylabel)
             if row == 0:
                 ax.set_title(f"{w} weights")
-                ax.legend(fontsize=8)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=8)
+        _ratios(axes[len(metrics), col], cs, metrics[0][0])
+    fig.tight_layout()
     save(fig, out)
+
+
+def _ratios(ax: plt.Axes, configs: Sequence[Config], metric: str) -> None:
+    """The C3 ratios (stable side / matched side, ratio of means over anchors with the
+    leave-one-anchor-out jackknife interval) for the mass- and energy-matched pairs and the null
+    pairs of equal effect, which should sit at 1."""
+    pairs = list(PAIR_LABELS)
+    x = np.arange(len(pairs))
+    width = 0.8 / max(len(configs), 1)
+    for i, c in enumerate(configs):
+        c3 = _summary(c).get("c3", {})
+        blocks = {"mass": c3.get("mass"), "energy": c3.get("energy"),
+                  "null_mass": (c3.get("null") or {}).get("mass"),
+                  "null_energy": (c3.get("null") or {}).get("energy")}
+        got = [((blocks[p] or {}).get(metric) or {}).get("ratio") for p in pairs]
+        if not any(got):
+            continue
+        nan = {"mean": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+        r = [g or nan for g in got]
+        mean = np.array([v["mean"] for v in r])
+        err = np.nan_to_num(np.abs(np.vstack([mean - np.array([v["ci_low"] for v in r]),
+                                               np.array([v["ci_high"] for v in r]) - mean])))
+        ax.bar(x + (i - (len(configs) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
+               color=f"C{i}", label=label(c))
+    ax.axhline(1, color="k", lw=0.8, ls="--")
+    ax.set_xticks(x, [PAIR_LABELS[p] for p in pairs])
+    ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)} ratio, ratio of means\n"
+                  "(jackknife over anchors)")
 
 
 def masking_ev(configs: Sequence[Config], out: str | Path) -> None:
@@ -76,7 +119,9 @@ def masking_ce(configs: Sequence[Config], out: str | Path) -> None:
 
 
 def _features(c: Config) -> pd.DataFrame:
-    return stability.read_table(Path(c["dir"]) / "features.parquet")
+    """The surface table's live features (dead ones enter no stable/unstable comparison)."""
+    df = stability.read_table(Path(c["dir"]) / "features.parquet")
+    return df[df["live"]] if "live" in df else df
 
 
 def frequency(configs: Sequence[Config], out: str | Path) -> None:
