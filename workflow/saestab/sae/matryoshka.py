@@ -40,9 +40,9 @@ class Matryoshka(BatchTopK):
         return {**super().recipe_defaults(cfg, d_in, total_steps),
                 "matryoshka_groups": g + [m - sum(g)]}
 
-    def reconstruction_loss(self, f: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor,
-                                                                             torch.Tensor]:
-        """The full reconstruction and the mean over prefixes of their per-token errors."""
+    def reconstruction_loss(self, f: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The full reconstruction, the mean over prefixes of their per-token losses, and the
+        full reconstruction's error (the metric)."""
         groups: list[int] = self.cfg.matryoshka_groups  # type: ignore[assignment]
         recon = self.b_dec.unsqueeze(1).expand(-1, x.shape[0], -1)
         total = f.new_zeros(f.shape[0])
@@ -50,6 +50,7 @@ class Matryoshka(BatchTopK):
         for size in groups:
             stop = start + size
             recon = recon + torch.bmm(f[..., start:stop], self.W_dec[:, start:stop])
-            total = total + (recon - x).pow(2).sum(-1).mean(-1)
+            err = (recon - x).pow(2).sum(-1)
+            total = total + err.mean(-1)
             start = stop
-        return recon, total / len(groups)
+        return recon, total / len(groups), err.detach().sum(-1)

@@ -36,6 +36,7 @@ class _Code:
     pre: torch.Tensor  # (S, B, m) pre-activations (detached in the sparse path)
     x_hat: torch.Tensor  # (S, B, d)
     main: torch.Tensor  # (S,) reconstruction loss
+    sse: torch.Tensor  # (S,) squared error of the full reconstruction, summed over the batch
     l0: torch.Tensor  # (S,)
     fired: torch.Tensor  # (S, m)
     min_kept: torch.Tensor  # (S,) float64, inf where nothing was kept
@@ -70,23 +71,24 @@ class TopKFamily(Architecture):
         aux = code.main.new_zeros(code.main.shape)
         if dead is not None and bool(dead.any()):
             aux = self.cfg.aux_coefficient * self._auxk(code, resid, dead)
-        sse = (code.x_hat.detach() - x).pow(2).sum((1, 2))
-        return StepOut(loss=(code.main + aux).sum(), sse=sse, l0=code.l0, aux=aux.detach(),
+        return StepOut(loss=(code.main + aux).sum(), sse=code.sse, l0=code.l0, aux=aux.detach(),
                        fired=code.fired, min_kept=code.min_kept)
 
-    def reconstruction_loss(self, f: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor,
-                                                                             torch.Tensor]:
-        """``(x_hat, per-seed loss)`` of a dense code: the mean squared error per token."""
+    def reconstruction_loss(self, f: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(x_hat, loss, sse)`` of a dense code: the per-token squared error's batch mean
+        (the loss) and its detached batch sum (a metric), per seed."""
         x_hat = self.decode(f)
-        return x_hat, (x_hat - x).pow(2).sum(-1).mean(-1)
+        err = (x_hat - x).pow(2).sum(-1)
+        return x_hat, err.mean(-1), err.detach().sum(-1)
 
     def _dense_forward(self, x: torch.Tensor, step: int) -> _Code:
         pre = self.pre_activations(x)
         f = self.activation(pre, step)
-        x_hat, main = self.reconstruction_loss(f, x)
+        x_hat, main, sse = self.reconstruction_loss(f, x)
         active = f.detach() > 0
         min_kept = torch.where(active, f.detach(), torch.inf).flatten(1).amin(1).double()
-        return _Code(pre=pre, x_hat=x_hat, main=main, fired=active.any(1), min_kept=min_kept,
+        return _Code(pre=pre, x_hat=x_hat, main=main, sse=sse, fired=active.any(1),
+                     min_kept=min_kept,
                      l0=active.sum((1, 2)).to(x.dtype) / x.shape[0])
 
     def _sparse_forward(self, x: torch.Tensor) -> _Code:
@@ -101,8 +103,9 @@ class TopKFamily(Architecture):
         for i, p in enumerate(patterns):
             fired[i, p.col[active[i]]] = True
         min_kept = torch.where(active, vals.detach(), torch.inf).amin(1).double()
-        main = (x_hat - x).pow(2).sum(-1).mean(-1)
-        return _Code(pre=pre, x_hat=x_hat, main=main, fired=fired, min_kept=min_kept,
+        err = (x_hat - x).pow(2).sum(-1)
+        return _Code(pre=pre, x_hat=x_hat, main=err.mean(-1), sse=err.detach().sum(-1),
+                     fired=fired, min_kept=min_kept,
                      l0=active.sum(1).to(x.dtype) / x.shape[0], xin=xin)
 
     def _auxk(self, code: _Code, resid: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
