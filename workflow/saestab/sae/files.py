@@ -104,14 +104,11 @@ def _find_arch_dict(cfg_json: dict[str, Any]) -> dict[str, Any]:
     return cfg_json
 
 
-def _from_saelens(path: Path, cfg_json: Any) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
-    cfg_file = path / CFG_FILE
-    if not isinstance(cfg_json, dict):
-        raise io.InputError(f"{cfg_file}: expected a JSON object, found {type(cfg_json).__name__}")
-    c = _find_arch_dict(cfg_json)
+def _saelens_architecture(cfg_file: Path, cfg_json: dict[str, Any],
+                          c: dict[str, Any]) -> tuple[str, str]:
+    """``(our architecture, the file's own name for it)`` of a SAELens-layout ``cfg.json``."""
     known = _saelens_arch()
     arch_raw = c.get("architecture")
-    act_fn = c.get("activation_fn_str") or c.get("activation_fn")
     if arch_raw is None:
         raise io.InputError(f"{cfg_file}: expected an 'architecture' key "
                             f"(one of {sorted(known)})")
@@ -122,9 +119,36 @@ def _from_saelens(path: Path, cfg_json: Any) -> tuple[SAEConfig, dict[str, torch
     arch = known[arch_raw]
     if cfg_json.get("format") == FORMAT and cfg_json.get("saestab_architecture"):
         arch = str(cfg_json["saestab_architecture"])  # ours: the training variant
-    k = c.get("k")
+    act_fn = c.get("activation_fn_str") or c.get("activation_fn")
     if arch == "relu" and act_fn == "topk":  # older SAELens: standard + topk activation
         arch = "topk"
+    return arch, arch_raw
+
+
+def _saelens_tensors(path: Path, d_sae: int) -> dict[str, torch.Tensor]:
+    """The weights in our names: SAELens's training-time variants folded into them."""
+    tensors = _read_safetensors(path / WEIGHTS_FILE)
+    if "log_threshold" in tensors and "threshold" not in tensors:
+        tensors["threshold"] = tensors.pop("log_threshold").exp()
+    if "topk_threshold" in tensors and "threshold" not in tensors:  # BatchTopK training dump
+        tensors["threshold"] = torch.full((d_sae,), float(tensors.pop("topk_threshold")))
+    if "finetuning_scaling_factor" in tensors:  # f_j * s_j * d_j: fold s into the decoder
+        s = tensors.pop("finetuning_scaling_factor")
+        tensors["W_dec"] = tensors["W_dec"] * s[:, None].to(tensors["W_dec"].dtype)
+    missing = [n for n in ("W_enc", "W_dec", "b_enc", "b_dec") if n not in tensors]
+    if missing:
+        raise io.InputError(f"{path / WEIGHTS_FILE}: expected tensors W_enc, W_dec, b_enc, "
+                            f"b_dec; missing {missing} (found {sorted(tensors)})")
+    return tensors
+
+
+def _from_saelens(path: Path, cfg_json: Any) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
+    cfg_file = path / CFG_FILE
+    if not isinstance(cfg_json, dict):
+        raise io.InputError(f"{cfg_file}: expected a JSON object, found {type(cfg_json).__name__}")
+    c = _find_arch_dict(cfg_json)
+    arch, arch_raw = _saelens_architecture(cfg_file, cfg_json, c)
+    k = c.get("k")
     if k is None and isinstance(c.get("activation_fn_kwargs"), dict):
         k = c["activation_fn_kwargs"].get("k")
     for key in ("d_in", "d_sae"):
@@ -137,43 +161,33 @@ def _from_saelens(path: Path, cfg_json: Any) -> tuple[SAEConfig, dict[str, torch
     if norm == "expected_average_only_in":
         log.warning("%s: normalize_activations=expected_average_only_in; assuming the scaling "
                     "factor was folded into the weights on save", cfg_file)
-    meta = c.get("metadata") or c.get("meta") or {}
-    meta = meta if isinstance(meta, dict) else {}
-    tensors = _read_safetensors(path / WEIGHTS_FILE)
-    if "log_threshold" in tensors and "threshold" not in tensors:
-        tensors["threshold"] = tensors.pop("log_threshold").exp()
-    if "topk_threshold" in tensors and "threshold" not in tensors:  # BatchTopK training dump
-        tensors["threshold"] = torch.full((int(c["d_sae"]),),
-                                          float(tensors.pop("topk_threshold")))
-    if "finetuning_scaling_factor" in tensors:  # f_j * s_j * d_j: fold s into the decoder
-        s = tensors.pop("finetuning_scaling_factor")
-        tensors["W_dec"] = tensors["W_dec"] * s[:, None].to(tensors["W_dec"].dtype)
-    missing = [n for n in ("W_enc", "W_dec", "b_enc", "b_dec") if n not in tensors]
-    if missing:
-        raise io.InputError(f"{path / WEIGHTS_FILE}: expected tensors W_enc, W_dec, b_enc, "
-                            f"b_dec; missing {missing} (found {sorted(tensors)})")
+    tensors = _saelens_tensors(path, int(c["d_sae"]))
     if get_architecture(arch).has_threshold and "threshold" not in tensors:
         raise io.InputError(f"{path / WEIGHTS_FILE}: a {arch_raw} SAE needs a 'threshold' "
                             f"tensor (found {sorted(tensors)})")
     if get_architecture(arch).infers_with_k and k is None:
         raise io.InputError(f"{cfg_file}: a {arch} SAE needs 'k'")
+    return _saelens_config(cfg_json, c, arch, k, tensors["W_dec"].dtype), tensors
+
+
+def _saelens_config(cfg_json: dict[str, Any], c: dict[str, Any], arch: str, k: Any,
+                    stored: torch.dtype) -> SAEConfig:
+    meta = c.get("metadata") or c.get("meta") or {}
+    meta = meta if isinstance(meta, dict) else {}
     dtype = str(c.get("dtype", "float32")).replace("torch.", "")
-    if dtype not in DTYPES:
-        dtype = dtype_name(tensors["W_dec"].dtype)
     ours = cfg_json.get("format") == FORMAT
-    cfg = SAEConfig(
+    return SAEConfig(
         architecture=arch,
         d_in=int(c["d_in"]),
         d_sae=int(c["d_sae"]),
         k=(int(k) if isinstance(k, (int, float)) and float(k).is_integer() else k),
         model_name=str(c.get("model_name") or meta.get("model_name") or ""),
         hook_name=str(c.get("hook_name") or meta.get("hook_name") or ""),
-        dtype=dtype,
+        dtype=dtype if dtype in DTYPES else dtype_name(stored),
         apply_b_dec_to_input=bool(c.get("apply_b_dec_to_input", True)),
         recipe=dict(cfg_json.get("recipe") or {}) if ours else {"source": "saelens"},
         seeds=dict(cfg_json.get("seeds") or {}) if ours else {},
     )
-    return cfg, tensors
 
 
 def _from_sparsify(path: Path, c: Any) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
