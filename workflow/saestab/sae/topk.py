@@ -115,7 +115,9 @@ class TopKFamily(Architecture):
         k_aux = int(min(self.cfg.aux_k, int(n_dead.max())))  # type: ignore[call-overload]
         with torch.no_grad():
             masked = torch.where(dead.unsqueeze(1), pre, -torch.inf)
-            idx = masked.topk(k_aux, dim=-1, sorted=False).indices.sort(dim=-1).values
+            idx = masked.topk(k_aux, dim=-1, sorted=False).indices
+            if code.xin is not None:  # CSR rows need their column indices in order
+                idx = idx.sort(dim=-1).values
             keep = dead.unsqueeze(1).expand_as(pre).gather(-1, idx).to(pre.dtype)
         if code.xin is not None:  # sparse path
             patterns = [Pattern.from_row_indices(idx[i], pre.shape[2])
