@@ -73,7 +73,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
 from saestab.activations import ActivationCache, write_cache  # noqa: E402
 from saestab.sae import SAE, fold_input_scale, load_sae, sae_from_tensors  # noqa: E402
-from saestab.training import TrainConfig, TrainResult, epoch_order, train_group  # noqa: E402
+from saestab.training import (  # noqa: E402
+    RunOptions,
+    TrainConfig,
+    TrainResult,
+    epoch_order,
+    train_group,
+)
 
 DEFAULT_CACHE = REPO / "results/smollm2/trained/blocks.15.hook_resid_post/cache"
 SAELENS_PY = REPO / "bench/.venv-saelens/bin/python"
@@ -135,8 +141,9 @@ def explained_variance(sae: SAE, x: torch.Tensor, chunk: int = 4096) -> float:
 # the two trainers
 # ------------------------------------------------------------------------------------------
 def our_config(args: argparse.Namespace, lr: float | None) -> TrainConfig:
-    return TrainConfig(architecture="topk", d_sae=args.m, k=args.k, lr=lr,
-                       batch_size=args.batch_size, n_epochs=None, n_tokens=args.tokens)
+    return TrainConfig(architecture=args.arch, d_sae=args.m, k=args.k, lr=lr,
+                       batch_size=args.batch_size, n_epochs=None, n_tokens=args.tokens,
+                       decode=args.decode)
 
 
 def run_ours(cache: ActivationCache, cfg: TrainConfig,
@@ -145,8 +152,8 @@ def run_ours(cache: ActivationCache, cfg: TrainConfig,
     b_dec init and export) and the median seconds of one training step (from the callback)."""
     stamps: list[float] = []
     t0 = time.perf_counter()
-    res = train_group(cache, cfg, init_seeds=seeds, data_seed=0, out_dirs=None, device="cpu",
-                      snapshots_at_epochs=(), callback=lambda _: stamps.append(time.perf_counter()))
+    res = train_group(cache, cfg, seeds, 0, RunOptions(
+        snapshots_at_epochs=(), callback=lambda _: stamps.append(time.perf_counter())))
     return res, time.perf_counter() - t0, float(np.median(np.diff(stamps)))
 
 
@@ -207,6 +214,9 @@ def main() -> None:
                     help="directory holding the train/ and eval/ caches")
     ap.add_argument("--m", type=int, default=1152, help="SAE width")
     ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--arch", default="topk", help="architecture of our side (SAELens: topk)")
+    ap.add_argument("--decode", default="auto", choices=["auto", "dense", "sparse"],
+                    help="our implementation: CSR (sparse) or dense decoding")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--lr", type=float, default=None, help="default: our trainer's default")
     ap.add_argument("--threads", type=int, default=2)
@@ -249,7 +259,7 @@ def main() -> None:
         print(f"data: {'synthetic' if synthetic else train.path} ({n_rows} x {d}); eval "
               f"{len(x_eval)} rows; d={d} m={args.m} k={args.k} batch={args.batch_size} "
               f"steps={steps} tokens/SAE={steps * args.batch_size} lr={rcfg.lr:.3g} "
-              f"threads={args.threads}; our impl: parallel={rcfg.parallel} "
+              f"threads={args.threads}; architecture={rcfg.architecture} "
               f"decode={rcfg.decode}", flush=True)
 
         # ---- 1. ours vs SAELens ----------------------------------------------------------

@@ -68,7 +68,8 @@ def main() -> None:
             cfg = training.TrainConfig(architecture=arch, d_sae=args.m, lr=args.lr,
                                        n_epochs=args.epochs, **extra)
             t = time.perf_counter()
-            res = training.train_group(small, cfg, [0], 0, snapshots_at_epochs=())
+            res = training.train_group(small, cfg, [0], 0,
+                                       training.RunOptions(snapshots_at_epochs=()))
             r = evaluation.evaluate_sae(res.saes[0], ev_cache)
             target = args.k if arch in ("topk", "batchtopk", "matryoshka") else None
             ratio = f"{r['l0'] / target:9.2f}" if target else f"{'-':>9}"

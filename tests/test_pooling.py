@@ -13,7 +13,7 @@ from saestab import matching, pooling
 from saestab.activations import ActivationCache, write_cache
 from saestab.evaluation import evaluate_sae, write_evaluation
 from saestab.sae import SAE, SAEConfig, sae_from_tensors
-from saestab.training import TrainConfig, train_group
+from saestab.training import RunOptions, TrainConfig, train_group
 
 D, N_DIRS = 16, 24
 
@@ -195,7 +195,7 @@ def test_training_from_given_tensors_round_trips(caches, arch: str) -> None:
     sae = random_sae(arch, m=12, scale=30.0)
     cfg = TrainConfig(architecture=arch, d_sae=12, k=3, lr=0.0, batch_size=128, n_tokens=3 * 128,
                       warmup_steps=0, l1_coefficient=0.1, l1_warmup_steps=0)
-    out = train_group(caches["train"], cfg, [0], 0, snapshots_at_epochs=(),
+    out = train_group(caches["train"], cfg, [0], 0, RunOptions(snapshots_at_epochs=()),
                       init=[sae.state_tensors()]).saes[0]
     for name, t in sae.state_tensors().items():
         assert torch.allclose(out.state_tensors()[name], t, rtol=1e-5, atol=1e-5), name
@@ -208,7 +208,7 @@ def test_post_training_recovers_a_perturbed_sae(caches) -> None:
     trained = train_group(caches["train"], TrainConfig(architecture="topk", d_sae=32, k=2,
                                                        lr=3e-3, batch_size=128, n_epochs=4.0,
                                                        warmup_steps=5),
-                          [0], 0, snapshots_at_epochs=()).saes[0]
+                          [0], 0, RunOptions(snapshots_at_epochs=())).saes[0]
     t = trained.state_tensors()
     t["W_enc"] = t["W_enc"] + t["W_enc"].std() * torch.randn(
         D, 32, generator=torch.Generator().manual_seed(0))
@@ -238,8 +238,8 @@ def test_run_pools(caches, tmp_path: Path) -> None:
               "n_epochs": 3.0, "warmup_steps": 5}
     seeds = [0, 1, 2, 3]
     dirs = [tmp_path / "saes" / f"seed{s}" for s in seeds]
-    res = train_group(caches["train"], TrainConfig(**recipe), seeds, 0, out_dirs=dirs,
-                      snapshots_at_epochs=())
+    res = train_group(caches["train"], TrainConfig(**recipe), seeds, 0,
+                      RunOptions(out_dirs=dirs, snapshots_at_epochs=()))
     for sae, d in zip(res.saes, dirs, strict=True):
         write_evaluation(evaluate_sae(sae, caches["eval"]), d)
     maxcos, _ = matching.pairwise_max_cosine([s.decoder_directions() for s in res.saes])

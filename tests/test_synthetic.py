@@ -130,8 +130,8 @@ def test_point_features_are_recovered_by_a_topk_sae(tmp_path):
     truth = synthetic.generate(spec, tmp_path / "train", tmp_path / "eval", tmp_path / "t.npz")
     cfg = training.TrainConfig(architecture="topk", d_sae=24, k=3, lr=0.01, batch_size=128,
                                n_epochs=6, warmup_steps=10)
-    training.train_group(tmp_path / "train", cfg, [0], 0, out_dirs=[tmp_path / "seed0"],
-                         snapshots_at_epochs=())
+    training.train_group(tmp_path / "train", cfg, [0], 0, training.RunOptions(
+        out_dirs=[tmp_path / "seed0"], snapshots_at_epochs=()))
     dirs = load_sae(tmp_path / "seed0").decoder_directions().detach().numpy()
     unit = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
     best = np.abs(unit @ truth.points.T).max(axis=0)

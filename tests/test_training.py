@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from saestab import io, training
+from saestab import config, io, training
 from saestab.activations import ActivationCache, write_cache
 from saestab.evaluation import evaluate_sae
 from saestab.sae import SAE, load_sae, sae_from_tensors
-from saestab.training import TrainConfig, train_group
+from saestab.sae.jumprelu import JumpReLUFunction, StepFunction
+from saestab.training import RunOptions, TrainConfig, train_group
 
 D, N_DIRS, VOCAB = 24, 16, 4096
 
@@ -67,6 +67,10 @@ def assert_identical(a: list[SAE], b: list[SAE]) -> None:
             assert torch.equal(ta[name], tb[name]), name
 
 
+def no_snapshots(**kw) -> RunOptions:
+    return RunOptions(snapshots_at_epochs=(), **kw)
+
+
 # -- units -------------------------------------------------------------------------------------
 def test_epoch_order_and_schedules() -> None:
     o = training.epoch_order(7, 0, 1000)
@@ -74,16 +78,26 @@ def test_epoch_order_and_schedules() -> None:
     assert np.array_equal(o, training.epoch_order(7, 0, 1000))
     assert not np.array_equal(o, training.epoch_order(7, 1, 1000))
     assert not np.array_equal(o, training.epoch_order(8, 0, 1000))
-    c = cfg(lr=1.0, warmup_steps=10, lr_decay_fraction=0.2)
-    assert training.lr_at(c, 0, 100) == pytest.approx(0.1)
-    assert training.lr_at(c, 9, 100) == pytest.approx(1.0)
-    assert training.lr_at(c, 79, 100) == pytest.approx(1.0)
-    assert training.lr_at(c, 80, 100) == pytest.approx(1.0)
-    assert training.lr_at(c, 90, 100) == pytest.approx(0.5)
-    assert training.lr_at(c, 99, 100) == pytest.approx(0.05)
-    r = cfg(architecture="relu", l1_coefficient=2.0, l1_warmup_steps=4)
-    assert training.sparsity_coefficient_at(r, 0) == pytest.approx(0.5)
-    assert training.sparsity_coefficient_at(r, 10) == pytest.approx(2.0)
+    c = cfg(lr=2.0, warmup_steps=10, lr_decay_fraction=0.2)
+    assert training.lr_factor(c, 0, 100) == pytest.approx(0.1)
+    assert training.lr_factor(c, 9, 100) == pytest.approx(1.0)
+    assert training.lr_factor(c, 79, 100) == pytest.approx(1.0)
+    assert training.lr_factor(c, 80, 100) == pytest.approx(1.0)
+    assert training.lr_factor(c, 90, 100) == pytest.approx(0.5)
+    assert training.lr_factor(c, 99, 100) == pytest.approx(0.05)
+    # the scheduler applies that factor to the optimiser's learning rate, step by step
+    r = cfg(architecture="relu", l1_coefficient=2.0, l1_warmup_steps=4, lr=2.0,
+            warmup_steps=10).resolved(D, 1000, torch.device("cpu"))
+    model = r.arch(r, D, 1)
+    state = training.make_optimizer(model, r, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(state.scheduler.get_last_lr()[0])
+        state.optimizer.step()
+        state.scheduler.step()
+    assert lrs == pytest.approx([2.0 * training.lr_factor(r, s, 100) for s in range(100)])
+    assert model.warmed_up(2.0, 0) == pytest.approx(0.5)
+    assert model.warmed_up(2.0, 10) == pytest.approx(2.0)
 
 
 def test_config_defaults_and_validation() -> None:
@@ -91,17 +105,33 @@ def test_config_defaults_and_validation() -> None:
     assert TrainConfig(n_tokens=1000).resolved(8, 100, torch.device("cpu")).n_tokens == 1000
     assert c.lr == pytest.approx(2e-4)
     assert c.aux_k == 288 and c.n_tokens == 8 * 200_000 and c.n_epochs is None
-    assert c.parallel == "loop" and c.decode == "sparse"
-    assert TrainConfig(d_sae=64, k=4).resolved(8, 100, torch.device("cuda")).parallel == "stacked"
+    assert c.decode == "sparse"
+    assert TrainConfig(d_sae=64, k=4).resolved(8, 100, torch.device("cuda")).decode == "dense"
     m = TrainConfig(architecture="matryoshka", d_sae=1152, k=32).resolved(576, 10**5,
                                                                           torch.device("cpu"))
-    assert sum(m.matryoshka_groups) == 1152 and m.decode == "dense" and m.parallel == "stacked"
-    with pytest.raises(ValueError):
-        TrainConfig(architecture="matryoshka", d_sae=64, k=4, matryoshka_groups=[16, 16])
-    with pytest.raises(ValueError):
-        TrainConfig(n_epochs=1.0, n_tokens=100)
-    with pytest.raises(ValueError):
-        TrainConfig(architecture="topk", d_sae=8, k=9)
+    assert sum(m.matryoshka_groups) == 1152 and m.decode == "dense"
+    r = TrainConfig(architecture="relu", d_sae=64, k=4).resolved(16, 10**4, torch.device("cpu"))
+    assert r.k is None and r.l1_coefficient == pytest.approx(5 / 4) and r.l1_warmup_steps == 7
+    assert r.lr == pytest.approx(5e-5 * 16)
+    # one validation layer: the schema's variant entry plus the architectures' cross-key checks
+    bad = [({"architecture": "matryoshka", "d_sae": 64, "k": 4, "matryoshka_groups": [16, 16]},
+            "sum to 32"),
+           ({"architecture": "topk", "d_sae": 8, "n_epochs": 1.0, "n_tokens": 100, "k": 2},
+            "not both"),
+           ({"architecture": "topk", "d_sae": 8, "k": 9}, "exceeds d_sae"),
+           ({"architecture": "topk", "d_sae": 8}, "k: required"),
+           ({"architecture": "relu", "d_sae": 8, "decode": "sparse"}, "not implemented"),
+           ({"architecture": "gated", "d_sae": 8}, "is not one of")]
+    for recipe, message in bad:
+        with pytest.raises(config.ConfigError, match=message):
+            config.validate_recipe(recipe)
+    with pytest.raises(config.ConfigError, match="exceeds d_sae"):
+        train_group(caches_stub(), TrainConfig(d_sae=8, k=9), [0], 0)
+    config.validate_recipe(TrainConfig().to_json())
+
+
+def caches_stub() -> Path:
+    return Path("/nonexistent")  # never opened: the recipe is refused first
 
 
 def test_jumprelu_pseudo_gradients() -> None:
@@ -109,7 +139,7 @@ def test_jumprelu_pseudo_gradients() -> None:
     z = torch.tensor([[0.05, 0.13, 0.30, 0.095], [0.11, -1.0, 0.5, 0.2]], requires_grad=True)
     theta = torch.tensor([[0.1, 0.1, 0.1, 0.1]], requires_grad=True)
     eps = 0.04
-    f = training._JumpReLU.apply(z, theta, eps)
+    f = JumpReLUFunction.apply(z, theta, eps)
     assert torch.equal(f.detach(), torch.where(z > theta, z, 0.0).detach())
     f.sum().backward()
     assert torch.equal(z.grad, (z > theta).float())
@@ -118,72 +148,113 @@ def test_jumprelu_pseudo_gradients() -> None:
     assert torch.allclose(theta.grad, -(theta / eps) * in_window.sum(0, keepdim=True))
     theta.grad = None
     z.grad = None
-    training._Step.apply(z, theta, eps).sum().backward()
+    StepFunction.apply(z, theta, eps).sum().backward()
     assert z.grad is None or not z.grad.any()
     assert torch.allclose(theta.grad, -(1 / eps) * in_window.sum(0, keepdim=True))
+
+
+def stacked_model(arch: str, decode: str, n_seeds: int = 2, **kw) -> training.loop.Architecture:
+    c = cfg(architecture=arch, d_sae=48, k=3, aux_k=5, decode=decode, **kw).resolved(
+        D, 1000, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    model = c.arch(c, D, n_seeds)
+    b_dec = torch.randn(D, generator=g) * 0.1
+    for i in range(n_seeds):
+        model.init_seed(i, 11 + i, b_dec)
+    with torch.no_grad():
+        model.b_enc.copy_(torch.randn(n_seeds, 48, generator=g) * 0.05)
+    return model
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 def test_sparse_path_matches_dense(arch: str) -> None:
     """The CSR forward/backward gives the dense path's loss and gradients (AuxK included)."""
-    g = torch.Generator().manual_seed(0)
-    c = cfg(architecture=arch, d_sae=48, k=3, aux_k=5).resolved(D, 1000, torch.device("cpu"))
-    b_dec = torch.randn(D, generator=g) * 0.1
-    params = training._init_params(c, D, 11, b_dec, torch.device("cpu"))
-    params["b_enc"] = torch.randn(48, generator=g) * 0.05
-    x = torch.randn(64, D, generator=g) / D**0.5
-    dead = torch.zeros(1, 48, dtype=torch.bool)
-    dead[0, ::3] = True
-    grads = []
-    for step_fn in (training._sparse_block_step, training._dense_block_step):
-        p = {n: t.unsqueeze(0).clone().requires_grad_(True) for n, t in params.items()}
-        args = (c, p, x, dead) if step_fn is training._sparse_block_step else (c, p, x, dead, 0.)
-        out = step_fn(*args)
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(1)) / D**0.5
+    outs, grads = [], []
+    for decode in ("sparse", "dense"):
+        model = stacked_model(arch, decode, dead_steps=1)
+        model.since_fired[0, ::3] = 5  # seed 0: every third latent dead; seed 1: a few
+        model.since_fired[1, :4] = 5
+        out = model.training_loss(x, step=10)
         out.loss.backward()
-        grads.append((out, {n: t.grad for n, t in p.items()}))
-    (so, sg), (do, dg) = grads
-    assert float(so.aux) > 0
+        outs.append(out)
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    (so, do), (sg, dg) = outs, grads
+    assert (so.aux > 0).all()
     assert torch.allclose(so.loss, do.loss, rtol=1e-5)
     assert torch.allclose(so.l0, do.l0) and torch.equal(so.fired, do.fired)
+    assert torch.allclose(so.min_kept, do.min_kept)
     for n in sg:
         assert torch.allclose(sg[n], dg[n], rtol=1e-4, atol=1e-6), n
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "matryoshka"])
-def test_stacked_matches_loop(caches, arch: str) -> None:
-    """The batched (GPU) layout computes the same models as the per-seed loop."""
-    kw = {"architecture": arch, "n_epochs": None, "n_tokens": 12 * 128, "decode": "dense",
-          "dead_steps": 4, "matryoshka_groups": [8, 8, 16] if arch == "matryoshka" else None}
-    a = train_group(caches["train"], cfg(parallel="stacked", **kw), [1, 2], 0,
-                    snapshots_at_epochs=())
-    b = train_group(caches["train"], cfg(parallel="loop", **kw), [1, 2], 0,
-                    snapshots_at_epochs=())
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_sparse_and_dense_train_the_same_models(caches, arch: str) -> None:
+    kw = {"architecture": arch, "n_epochs": None, "n_tokens": 12 * 128, "dead_steps": 4}
+    a = train_group(caches["train"], cfg(decode="sparse", **kw), [1, 2], 0, no_snapshots())
+    b = train_group(caches["train"], cfg(decode="dense", **kw), [1, 2], 0, no_snapshots())
     for ta, tb in zip(all_tensors(a.saes), all_tensors(b.saes), strict=True):
         for n in ta:
             assert torch.allclose(ta[n], tb[n], rtol=1e-3, atol=1e-5), n
 
 
+# -- a new architecture is one module --------------------------------------------------------
+def test_a_sixth_architecture_is_one_class(caches, monkeypatch) -> None:
+    """A toy variant (a ReLU SAE whose activations are squared), registered from here and
+    named in the schema's enum, trains through train_group and saves and loads like the rest."""
+    from saestab.sae import Architecture, register
+
+    @register
+    class SquaredReLU(Architecture):
+        name = "squared_relu"
+        saelens_name = "standard"
+
+        def activation(self, pre: torch.Tensor, step: int) -> torch.Tensor:
+            return torch.relu(pre).square()
+
+        @classmethod
+        def infer(cls, pre: torch.Tensor, sae: SAE) -> torch.Tensor:
+            return torch.relu(pre).square()
+
+    schema = config.load_schema()
+    variant = schema["properties"]["sae"]["properties"]["variants"]["additionalProperties"]
+    variant["properties"]["architecture"]["enum"].append("squared_relu")
+    monkeypatch.setattr(config, "load_schema", lambda path=None: schema)
+    try:
+        res = train_group(caches["train"], cfg(architecture="squared_relu", n_epochs=2.0),
+                          [1, 2], 0, no_snapshots(log_every=4))
+        assert res.history[-1]["ev"] > res.history[0]["ev"] + 0.05
+        assert torch.allclose(res.saes[0].W_dec.norm(dim=1), torch.ones(32), atol=1e-5)
+        sae = res.saes[0]
+        x = torch.from_numpy(caches["held_out"].load()[:64])
+        assert torch.equal(sae.encode(x), torch.relu(sae.pre_activations(x)).square())
+    finally:
+        from saestab.sae import architecture
+        architecture._REGISTRY.pop("squared_relu", None)
+
+
 # -- seeds, reproducibility, resumption -----------------------------------------------------------
 def test_seeds(caches) -> None:
     c = cfg(n_epochs=None, n_tokens=10 * 128)
-    a = train_group(caches["train"], c, [3, 4], data_seed=0, snapshots_at_epochs=())
-    b = train_group(caches["train"], c, [3, 4], data_seed=0, snapshots_at_epochs=())
+    a = train_group(caches["train"], c, [3, 4], 0, no_snapshots())
+    b = train_group(caches["train"], c, [3, 4], 0, no_snapshots())
     assert_identical(a.saes, b.saes)
     # different init seeds never share an initialisation or an outcome
     assert not torch.allclose(a.saes[0].W_dec, a.saes[1].W_dec)
-    inits = [training._init_params(c.resolved(D, 100, torch.device("cpu")), D, s,
-                                   torch.zeros(D), torch.device("cpu")) for s in (3, 4)]
-    assert not torch.equal(inits[0]["W_dec"], inits[1]["W_dec"])
-    assert torch.equal(inits[0]["W_enc"], inits[0]["W_dec"].T)
-    assert torch.allclose(inits[0]["W_dec"].norm(dim=1), torch.ones(32))
+    init = c.resolved(D, 100, torch.device("cpu")).arch(c, D, 2)
+    for i, s in enumerate((3, 4)):
+        init.init_seed(i, s, torch.zeros(D))
+    assert not torch.equal(init.W_dec[0], init.W_dec[1])
+    assert torch.equal(init.W_enc[0], init.W_dec[0].T)
+    assert torch.allclose(init.W_dec[0].norm(dim=1), torch.ones(32))
     # a seed's model does not depend on which other seeds share its group
-    other = train_group(caches["train"], c, [3, 9], data_seed=0, snapshots_at_epochs=())
+    other = train_group(caches["train"], c, [3, 9], 0, no_snapshots())
     assert_identical(a.saes[:1], other.saes[:1])
     # the data seed changes the outcome
-    d = train_group(caches["train"], c, [3, 4], data_seed=1, snapshots_at_epochs=())
+    d = train_group(caches["train"], c, [3, 4], 1, no_snapshots())
     assert not torch.equal(a.saes[0].W_dec, d.saes[0].W_dec)
     with pytest.raises(ValueError, match="differ"):
-        train_group(caches["train"], c, [3, 3], data_seed=0)
+        train_group(caches["train"], c, [3, 3], 0)
     assert a.saes[0].cfg.seeds == {"init_seed": 3, "data_seed": 0}
 
 
@@ -191,38 +262,92 @@ class Kill(Exception):
     pass
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "relu"])
+def die_at(n: int):
+    def callback(step: int) -> None:
+        if step == n:
+            raise Kill
+    return callback
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "relu", "matryoshka"])
 def test_resume_is_bit_identical(caches, tmp_path: Path, arch: str) -> None:
     c = cfg(architecture=arch, n_epochs=None, n_tokens=40 * 128, dead_steps=5)
-    full = train_group(caches["train"], c, [1, 2], 0, snapshots_at_epochs=())
-
-    def die(step: int) -> None:
-        if step == 17:
-            raise Kill
-
+    full = train_group(caches["train"], c, [1, 2], 0, no_snapshots())
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Kill):
-        train_group(caches["train"], c, [1, 2], 0, checkpoint_dir=ckpt, checkpoint_every=5,
-                    callback=die, snapshots_at_epochs=())
+        train_group(caches["train"], c, [1, 2], 0,
+                    no_snapshots(checkpoint_dir=ckpt, checkpoint_every=5, callback=die_at(17)))
     state = json.loads((ckpt / "checkpoint" / "state.json").read_text())
     assert state["step"] == 15
-    assert "adam_m.W_dec" in load_file(str(ckpt / "checkpoint" / "state.safetensors"))
+    saved = torch.load(ckpt / "checkpoint" / "state.pt", weights_only=True)
+    assert saved["optimizer"]["state"][0]["exp_avg"].shape == (2, D, 32)  # Adam's moments
+    assert saved["scheduler"]["last_epoch"] == 15
     out = [tmp_path / "s1", tmp_path / "s2"]
-    resumed = train_group(caches["train"], c, [1, 2], 0, out_dirs=out, checkpoint_dir=ckpt,
-                          checkpoint_every=5, snapshots_at_epochs=())
+    resumed = train_group(caches["train"], c, [1, 2], 0,
+                          no_snapshots(out_dirs=out, checkpoint_dir=ckpt, checkpoint_every=5))
     assert resumed.resumed_from == 15 and resumed.steps == 40
     assert_identical(full.saes, resumed.saes)
     assert_identical(full.saes, [load_sae(p) for p in out])
     assert not (ckpt / "checkpoint").exists()  # removed after success
 
 
-def test_checkpoint_of_another_run_is_refused(caches, tmp_path: Path) -> None:
+def test_checkpoint_of_another_run_starts_over(caches, tmp_path: Path) -> None:
+    """A killed run's checkpoint does not block a changed run: it is dropped, not resumed."""
     c = cfg(n_epochs=None, n_tokens=10 * 128)
     with pytest.raises(Kill):
-        train_group(caches["train"], c, [1, 2], 0, checkpoint_dir=tmp_path, checkpoint_every=2,
-                    callback=lambda s: (_ for _ in ()).throw(Kill) if s == 3 else None)
-    with pytest.raises(io.InputError, match="different recipe"):
-        train_group(caches["train"], c, [1, 3], 0, checkpoint_dir=tmp_path)
+        train_group(caches["train"], c, [1, 2], 0,
+                    no_snapshots(checkpoint_dir=tmp_path, checkpoint_every=2, callback=die_at(3)))
+    other = train_group(caches["train"], c, [1, 3], 0, no_snapshots(checkpoint_dir=tmp_path))
+    fresh = train_group(caches["train"], c, [1, 3], 0, no_snapshots())
+    assert other.resumed_from == 0
+    assert_identical(other.saes, fresh.saes)
+
+
+def listing(root: Path) -> list[str]:
+    return sorted(str(p.parent.relative_to(root)) for p in root.rglob("cfg.json"))
+
+
+def test_a_changed_job_after_a_kill_starts_clean(caches, tmp_path: Path) -> None:
+    """Issue 16: 4 seeds with snapshots after epochs 1 and 2, killed after epoch 1's snapshots;
+    rerun as 3 seeds with a snapshot after epoch 2 only: the output holds exactly those."""
+    work, out = tmp_path / ".work" / "g", tmp_path / "out"
+    spe = caches["train"].n_tokens // 128
+    first = training.Job(cfg=cfg(n_epochs=2.0), runs=[([0, 1, 2, 3], 0)], snapshots=[1, 2])
+    with pytest.raises(Kill):
+        training.train_job(caches["train"], first, work, checkpoint_every=spe,
+                           callback=die_at(spe + 1))
+    assert "snapshots/epoch1/seed3" in listing(work / "staging")
+    (out.parent / f".{out.name}.abc.tmp").mkdir(parents=True)  # a killed atomic write
+    training.remove_temporaries(out.parent, out.name)
+    assert not (out.parent / f".{out.name}.abc.tmp").exists()
+    second = training.Job(cfg=cfg(n_epochs=2.0), runs=[([0, 1, 2], 0)], snapshots=[2])
+    staging, results = training.train_job(caches["train"], second, work)
+    assert results[0].resumed_from == 0
+    training.finish_job(staging, out, work)
+    assert listing(out) == ["seed0", "seed1", "seed2", "snapshots/epoch2/seed0",
+                            "snapshots/epoch2/seed1", "snapshots/epoch2/seed2"]
+    manifest = training.check_outputs(out)
+    assert manifest["seeds"] == [0, 1, 2] and manifest["snapshot_epochs"] == [2]
+    assert not work.exists()
+    # a stray SAE directory (an older recipe's seed) is refused by readers
+    load_sae(out / "seed0").save(out / "seed3")
+    with pytest.raises(io.InputError, match="seed3"):
+        training.check_outputs(out)
+
+
+def test_an_interrupted_job_resumes_bit_identically(caches, tmp_path: Path) -> None:
+    job = training.Job(cfg=cfg(n_epochs=2.0), runs=[([0, 1], 0)], snapshots=[1])
+    spe = caches["train"].n_tokens // 128
+    ref, _ = training.train_job(caches["train"], job, tmp_path / "ref")
+    with pytest.raises(Kill):
+        training.train_job(caches["train"], job, tmp_path / "w", checkpoint_every=spe + 2,
+                           callback=die_at(spe + 3))
+    staging, results = training.train_job(caches["train"], job, tmp_path / "w",
+                                          checkpoint_every=spe + 2)
+    assert results[0].resumed_from == spe + 2
+    assert listing(staging) == listing(ref)
+    for rel in listing(ref):
+        assert_identical([load_sae(ref / rel)], [load_sae(staging / rel)])
 
 
 # -- what the recipes learn ----------------------------------------------------------------
@@ -233,7 +358,7 @@ def max_cosines(sae: SAE) -> torch.Tensor:
 def test_topk_recovers_true_directions(caches, tmp_path: Path) -> None:
     out = [tmp_path / "seed1", tmp_path / "seed2"]
     res = train_group(caches["train"], cfg(lr=1e-2, n_epochs=6.0, d_sae=48), [1, 2], 0,
-                      out_dirs=out, snapshots_at_epochs=(1, 2, 4, 8))
+                      RunOptions(out_dirs=out, snapshots_at_epochs=(1, 2, 4, 8)))
     held = caches["held_out"]
     for sae in res.saes:
         cos = max_cosines(sae)
@@ -259,7 +384,7 @@ def test_topk_recovers_true_directions(caches, tmp_path: Path) -> None:
 def test_batchtopk_l0(caches, arch: str) -> None:
     c = cfg(architecture=arch, lr=1e-2, n_epochs=4.0, k=2,
             matryoshka_groups=[4, 12, 16] if arch == "matryoshka" else None)
-    res = train_group(caches["train"], c, [1], 0, snapshots_at_epochs=(), log_every=8)
+    res = train_group(caches["train"], c, [1], 0, no_snapshots(log_every=8))
     train_l0 = [h["l0"] for h in res.history]
     assert np.mean(train_l0[-4:]) == pytest.approx(2.0, abs=0.02)  # k*B kept per batch
     sae = res.saes[0]
@@ -276,7 +401,7 @@ def test_sparsity_penalty_orders_l0(caches, arch: str, key: str, values) -> None
     for v in values:
         c = cfg(architecture=arch, lr=2e-2, n_epochs=2.0, k=None, l1_warmup_steps=10,
                 jumprelu_bandwidth=0.05, jumprelu_init_threshold=0.05, **{key: v})
-        sae = train_group(caches["train"], c, [1], 0, snapshots_at_epochs=()).saes[0]
+        sae = train_group(caches["train"], c, [1], 0, no_snapshots()).saes[0]
         l0.append(evaluate_sae(sae, caches["held_out"])["l0"])
     assert l0[1] < 0.8 * l0[0], l0
 
@@ -288,17 +413,13 @@ def test_normalisation_is_folded_into_saved_weights(caches, tmp_path: Path) -> N
     scale = 1 / np.sqrt(big.stats.mean_sq_norm)
     assert scale < 0.05  # the activations are far from unit scale
 
-    def stop(step: int) -> None:
-        if step == spe:
-            raise Kill
-
     c = cfg(architecture="batchtopk", n_epochs=2.0)
     with pytest.raises(Kill):
-        train_group(big, c, [1], 0, checkpoint_dir=tmp_path / "ck", checkpoint_every=spe,
-                    snapshot_path=lambda i, e: tmp_path / f"snap{e}", callback=stop,
-                    snapshots_at_epochs=(1,))
+        train_group(big, c, [1], 0, RunOptions(
+            checkpoint_dir=tmp_path / "ck", checkpoint_every=spe, snapshots_at_epochs=(1,),
+            snapshot_path=lambda i, e: tmp_path / f"snap{e}", callback=die_at(spe)))
     folded = load_sae(tmp_path / "snap1")
-    t = load_file(str(tmp_path / "ck" / "checkpoint" / "state.safetensors"))
+    t = torch.load(tmp_path / "ck" / "checkpoint" / "state.pt", weights_only=True)["model"]
     normed = sae_from_tensors(folded.cfg, {
         "W_enc": t["W_enc"][0], "W_dec": t["W_dec"][0], "b_enc": t["b_enc"][0],
         "b_dec": t["b_dec"][0], "threshold": torch.full((32,), float(t["threshold"][0]))})

@@ -44,8 +44,15 @@ _SEED_DIR = re.compile(r"^seed(\d+)$")
 
 def seed_dirs(group_dirs: Sequence[str | Path], epoch: int | None = None) -> list[Path]:
     """The saved SAEs of a configuration, ordered by seed (final, or the ``epoch`` snapshot)."""
+    from .training import MANIFEST, check_outputs  # lazily: the trainer imports much
+
     found: dict[int, Path] = {}
     for g in map(Path, group_dirs):
+        if (g / MANIFEST).is_file():
+            check_outputs(g)  # exactly the seeds and snapshots its job meant to write
+        elif g.is_dir():
+            log.warning("%s has no %s (trained before manifests were written): its seeds are "
+                        "taken as found", g, MANIFEST)
         base = g if epoch is None else g / "snapshots" / f"epoch{epoch}"
         if not base.is_dir():
             raise io.InputError(f"{base}: expected a directory of trained SAEs")

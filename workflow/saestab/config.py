@@ -54,6 +54,9 @@ def _message(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         return f"{error.message}; allowed keys: {', '.join(allowed)}"
+    if error.validator == "not" and isinstance(error.validator_value, Mapping) \
+            and "description" in error.validator_value:
+        return str(error.validator_value["description"])
     if error.validator == "enum":
         return f"{error.instance!r} is not one of {error.validator_value}"
     return error.message
@@ -82,6 +85,36 @@ def validate_config(config: Mapping[str, Any], schema: str | Path | Mapping[str,
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
     _check_semantics(filled, source)
     return filled
+
+
+def recipe_problems(recipe: Mapping[str, Any]) -> list[str]:
+    """Cross-key problems of one SAE recipe (a ``sae.variants`` entry), as ``"key: reason"``.
+
+    The architecture's class states its own (``k`` needed and at most ``d_sae``, Matryoshka
+    group sizes summing to ``d_sae``); imported here, not at the top, so reading the workflow's
+    configuration does not import torch unless it has variants.
+    """
+    from .sae import get_architecture
+
+    arch = get_architecture(recipe["architecture"])
+    problems = arch.check_recipe(recipe)
+    if recipe.get("decode") == "sparse" and not arch.has_sparse_path:
+        problems.append(f"decode: 'sparse' is not implemented for {arch.name!r}")
+    return problems
+
+
+def validate_recipe(recipe: Mapping[str, Any], source: str = "recipe") -> None:
+    """Check one SAE recipe as the workflow does: the schema's ``sae.variants`` entry, then
+    :func:`recipe_problems`. Raises :class:`ConfigError` naming each offending key."""
+    schema = load_schema()
+    variant = schema["properties"]["sae"]["properties"]["variants"]["additionalProperties"]
+    given = {k: v for k, v in recipe.items() if v is not None}
+    errors = list(_Validator(variant).iter_errors(copy.deepcopy(given)))
+    lines = [f"{source}: {_key(e)}: {_message(e)}" for e in errors]
+    if not errors:
+        lines = [f"{source}: {p}" for p in recipe_problems(given)]
+    if lines:
+        raise ConfigError("invalid SAE recipe:\n  " + "\n  ".join(lines))
 
 
 def _check_semantics(config: dict[str, Any], source: str) -> None:
@@ -117,16 +150,7 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: synthetic.runs: unknown variant {name!r} "
                               f"(defined: {', '.join(sorted(variants))})")
     for name, v in variants.items():
-        key = f"{source}: sae.variants.{name}"
-        if v["architecture"] in ("topk", "batchtopk", "matryoshka") and not v.get("k"):
-            raise ConfigError(f"{key}.k: required for architecture {v['architecture']!r}")
-        if v.get("k") and v["k"] > v["d_sae"]:
-            raise ConfigError(f"{key}.k: {v['k']} exceeds d_sae ({v['d_sae']})")
-        if v.get("n_epochs") is not None and v.get("n_tokens") is not None:
-            raise ConfigError(f"{key}: give n_epochs or n_tokens, not both")
-        groups = v.get("matryoshka_groups")
-        if groups and sum(groups) != v["d_sae"]:
-            raise ConfigError(f"{key}.matryoshka_groups: sizes sum to {sum(groups)}, "
-                              f"not d_sae ({v['d_sae']})")
+        for problem in recipe_problems(v):
+            raise ConfigError(f"{source}: sae.variants.{name}.{problem}")
     if config.get("weights") and len(set(config["weights"])) != len(config["weights"]):
         raise ConfigError(f"{source}: weights: duplicate entries in {config['weights']}")

@@ -48,7 +48,7 @@ from .evaluation import evaluate_sae, read_evaluation, write_evaluation
 from .logs import get_logger
 from .sae import SAE, THRESHOLD_ARCHITECTURES, SAEConfig, load_sae, sae_from_tensors
 from .stability import mean_interval, write_table
-from .training import TrainConfig, TrainResult, train_group
+from .training import RunOptions, TrainConfig, TrainResult, train_group
 
 log = get_logger("pooling")
 
@@ -303,8 +303,9 @@ def post_train(saes: Sequence[SAE], cache: ActivationCache | str | Path, cfg: Tr
     The returned SAEs keep the inputs' ``cfg.recipe`` (pool provenance included) with the
     continued training's recipe and step count under ``recipe["post_training"]``.
     """
-    result = train_group(cache, cfg, list(range(len(saes))), data_seed, device=device,
-                         snapshots_at_epochs=(), init=[s.state_tensors() for s in saes])
+    result = train_group(cache, cfg, list(range(len(saes))), data_seed,
+                         RunOptions(device=device, snapshots_at_epochs=()),
+                         init=[s.state_tensors() for s in saes])
     for src, new in zip(saes, result.saes, strict=True):
         post = dict(new.cfg.recipe)
         new.cfg.recipe = {**src.cfg.recipe, "post_training": post}

@@ -1,0 +1,123 @@
+"""CSR matmuls through the active latents only: the CPU training path of the TopK family.
+
+On a CPU a dense (B, m) code costs a full matmul although only k of m latents are active; these
+autograd functions decode through the active rows and back-propagate into the encoder through
+the selected pre-activations only. Every seed of a stack keeps the same number of active
+entries per step, so values are (S, nnz) and each seed has its own :class:`Pattern`; the seeds
+are processed in a loop inside the functions and their gradients written into stacked tensors.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+class Pattern:
+    """Positions (row, col) of the active latents of one seed's (B, m) code, row-major, with the
+    transposed (column-major) order precomputed for the backward matmuls."""
+
+    def __init__(self, row: torch.Tensor, col: torch.Tensor, n_rows: int, n_cols: int):
+        self.shape = (n_rows, n_cols)
+        self.col = col
+        self.crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=col.device)
+        self.crow[1:] = torch.bincount(row, minlength=n_rows).cumsum(0)
+        self.order = torch.argsort(col, stable=True)
+        self.crow_t = torch.zeros(n_cols + 1, dtype=torch.int64, device=col.device)
+        self.crow_t[1:] = torch.bincount(col, minlength=n_cols).cumsum(0)
+        self.col_t = row[self.order]
+
+    @classmethod
+    def from_row_indices(cls, idx: torch.Tensor, n_cols: int) -> Pattern:
+        """From (B, k) column indices sorted within each row."""
+        b, k = idx.shape
+        row = torch.arange(b, device=idx.device).repeat_interleave(k)
+        return cls(row, idx.reshape(-1), b, n_cols)
+
+    @classmethod
+    def from_flat_indices(cls, flat: torch.Tensor, n_rows: int, n_cols: int) -> Pattern:
+        """From sorted indices into the flattened (B * m) code."""
+        return cls(flat // n_cols, flat % n_cols, n_rows, n_cols)
+
+    def csr(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape)
+
+    def csr_t(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.sparse_csr_tensor(self.crow_t, self.col_t, values[self.order],
+                                       (self.shape[1], self.shape[0]))
+
+
+class SparsePre(torch.autograd.Function):
+    """Pre-activations at the active positions, ``(xin @ W_enc + b_enc)[row, col]`` per seed.
+
+    The values are computed outside (they were needed to choose the positions); this function
+    supplies the sparse backward into ``xin`` (S, B, d), ``W_enc`` (S, d, m) and ``b_enc``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, xin: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor,
+                values: torch.Tensor, patterns: Sequence[Pattern]) -> torch.Tensor:
+        ctx.save_for_backward(xin, w_enc)
+        ctx.patterns = patterns
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        xin, w_enc = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        g_x = torch.empty_like(xin) if need_x else None
+        g_w = torch.empty_like(w_enc) if need_w else None
+        g_b = torch.zeros(w_enc.shape[0], w_enc.shape[2], dtype=g.dtype,
+                          device=g.device) if need_b else None
+        for i, p in enumerate(ctx.patterns):
+            if g_x is not None:
+                g_x[i] = p.csr(g[i]) @ w_enc[i].T.contiguous()
+            if g_w is not None:
+                g_w[i] = (p.csr_t(g[i]) @ xin[i]).T
+            if g_b is not None:
+                g_b[i].index_add_(0, p.col, g[i])
+        return g_x, g_w, g_b, None, None
+
+
+class SparseDecode(torch.autograd.Function):
+    """``f @ W_dec`` per seed for codes with values ``vals`` (S, nnz) at the patterns."""
+
+    @staticmethod
+    def forward(ctx: Any, vals: torch.Tensor, w_dec: torch.Tensor,
+                patterns: Sequence[Pattern]) -> torch.Tensor:
+        ctx.save_for_backward(vals, w_dec)
+        ctx.patterns = patterns
+        return torch.stack([p.csr(vals[i]) @ w_dec[i] for i, p in enumerate(patterns)])
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        vals, w_dec = ctx.saved_tensors
+        need_v, need_w = ctx.needs_input_grad[:2]
+        g_v = torch.empty_like(vals) if need_v else None
+        g_w = torch.empty_like(w_dec) if need_w else None
+        for i, p in enumerate(ctx.patterns):
+            if g_v is not None:
+                g_v[i] = torch.sparse.sampled_addmm(p.csr(vals[i]), g[i], w_dec[i].T,
+                                                    beta=0.0).values()
+            if g_w is not None:
+                g_w[i] = p.csr_t(vals[i]) @ g[i]
+        return g_v, g_w, None
+
+
+def sparse_code(xin: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor,
+                values: torch.Tensor, patterns: Sequence[Pattern]) -> torch.Tensor:
+    """ReLU'd active values (S, nnz), differentiable into the encoder."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.relu(SparsePre.apply(xin, w_enc, b_enc, values, patterns))
+
+
+def sparse_decode(vals: torch.Tensor, w_dec: torch.Tensor,
+                  patterns: Sequence[Pattern]) -> torch.Tensor:
+    """``f @ W_dec`` (S, B, d) of the sparse codes, differentiable into both."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return SparseDecode.apply(vals, w_dec, patterns)

@@ -1,0 +1,45 @@
+"""The vanilla ReLU SAE with a decoder-norm-weighted L1 penalty (Anthropic, April 2024 update).
+
+Loss ``||x - x_hat||^2 + lambda * sum_j f_j ||d_j||``; lambda warms up linearly over
+``l1_warmup_steps``. The decoder is not norm-constrained: the penalty weights each latent by its
+decoder norm instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .architecture import Architecture, register
+
+if TYPE_CHECKING:
+    from ..training import TrainConfig
+    from .model import SAE
+
+
+@register
+class ReLU(Architecture):
+    name = "relu"
+    saelens_name = "standard"
+    unit_norm_decoder = False
+
+    @classmethod
+    def recipe_defaults(cls, cfg: TrainConfig, d_in: int, total_steps: int) -> dict[str, Any]:
+        """lambda = 5 / sqrt(d_in): Anthropic's 5 at E||x||^2 = d_in in our E||x||^2 = 1 units;
+        the penalty warms up over the first 5% of the steps."""
+        return {**super().recipe_defaults(cfg, d_in, total_steps),
+                "l1_coefficient": 5.0 / math.sqrt(d_in),
+                "l1_warmup_steps": int(0.05 * total_steps)}
+
+    def activation(self, pre: torch.Tensor, step: int) -> torch.Tensor:
+        return torch.relu(pre)
+
+    def penalty(self, f: torch.Tensor, pre: torch.Tensor, step: int) -> torch.Tensor:
+        coef = self.warmed_up(self.cfg.l1_coefficient, step)  # type: ignore[arg-type]
+        return coef * (f * self.W_dec.norm(dim=-1).unsqueeze(1)).sum(-1).mean(-1)
+
+    @classmethod
+    def infer(cls, pre: torch.Tensor, sae: SAE) -> torch.Tensor:
+        return torch.relu(pre)

@@ -1,0 +1,40 @@
+"""The multi-seed SAE trainer.
+
+* :mod:`.config`: the recipe (:class:`TrainConfig`) and the learning-rate schedule.
+* :mod:`.loop`: :func:`train_group`, in stages: data, model, loop, snapshots, export.
+* :mod:`.checkpoint`: model, optimiser and scheduler state, resumed only for the same run.
+* :mod:`.job`: one workflow job: a clean work area, the outputs' manifest, their check.
+"""
+
+from .checkpoint import CHECKPOINT_FORMAT, fingerprint
+from .config import DEFAULT_EPOCHS, IMPL_FIELDS, TrainConfig, lr_factor
+from .job import (
+    MANIFEST,
+    Job,
+    check_outputs,
+    finish_job,
+    manifest_dirs,
+    prepare_work_dir,
+    remove_temporaries,
+    train_job,
+)
+from .loop import (
+    RunOptions,
+    TrainResult,
+    build_model,
+    decoder_init_cosine,
+    epoch_order,
+    geometric_median,
+    make_optimizer,
+    prepare_data,
+    train_group,
+    train_step,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT", "DEFAULT_EPOCHS", "IMPL_FIELDS", "MANIFEST", "Job", "RunOptions",
+    "TrainConfig", "TrainResult", "build_model", "check_outputs", "decoder_init_cosine",
+    "epoch_order", "fingerprint", "finish_job", "geometric_median", "lr_factor",
+    "make_optimizer", "manifest_dirs", "prepare_data", "prepare_work_dir", "remove_temporaries",
+    "train_group", "train_job", "train_step",
+]

@@ -1,0 +1,119 @@
+"""The training recipe: hyper-parameters shared by all seeds of a group, and their defaults.
+
+A recipe is validated once, by :func:`saestab.config.validate_recipe` (the schema's
+``sae.variants`` entry plus the architecture's cross-key checks); :class:`TrainConfig` trusts it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..sae import Architecture, get_architecture
+
+DEFAULT_EPOCHS = 8.0
+"""Training length when neither ``n_epochs`` nor ``n_tokens`` is given."""
+
+IMPL_FIELDS = ("decode",)
+"""Fields that choose an implementation, not the maths; a checkpoint resumes across them."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one SAE training recipe (shared by all seeds of a group).
+
+    ``None`` means "derive the default" (:meth:`resolved`); the architecture's class decides
+    its own defaults (:meth:`saestab.sae.Architecture.recipe_defaults`: learning rate, penalty
+    and its warm-up, AuxK size, Matryoshka groups). Shared defaults: ``dead_steps`` (steps
+    without firing after which a latent counts as dead) ``2**17 / batch_size`` (~131k tokens);
+    length ``n_epochs`` or ``n_tokens``, neither: :data:`DEFAULT_EPOCHS` epochs. The learning
+    rate warms up linearly over ``warmup_steps`` and decays linearly to 0 over the last
+    ``lr_decay_fraction`` of the steps. JumpReLU's ``jumprelu_bandwidth``,
+    ``jumprelu_init_threshold`` (in units of the normalised activations) and
+    ``l0_coefficient`` are starting points, not tuned values.
+
+    ``decode`` picks an implementation with the same maths: ``sparse`` (CSR matmuls, for
+    architectures that have that path) or ``dense``; ``auto`` takes sparse on a CPU where
+    available.
+    """
+
+    architecture: str = "topk"
+    d_sae: int = 1152
+    k: int | None = 32
+    lr: float | None = None
+    batch_size: int = 512
+    n_epochs: float | None = None
+    n_tokens: int | None = None
+    warmup_steps: int = 100
+    lr_decay_fraction: float = 0.2
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 6.25e-10
+    # relu (L1) and jumprelu (L0) sparsity penalties
+    l1_coefficient: float | None = None
+    l1_warmup_steps: int | None = None
+    l0_coefficient: float = 1e-3
+    # TopK family: AuxK and the BatchTopK inference threshold
+    aux_k: int | None = None
+    aux_coefficient: float = 1 / 32
+    dead_steps: int | None = None
+    threshold_ema_rate: float = 0.01
+    # jumprelu (units of the normalised activations)
+    jumprelu_bandwidth: float = 0.001
+    jumprelu_init_threshold: float = 0.001
+    # matryoshka
+    matryoshka_groups: list[int] | None = None
+    # data and init
+    b_dec_init: str = "geometric_median"
+    b_dec_init_sample: int = 8192
+    normalize: bool = True
+    decode: str = "auto"
+
+    @property
+    def arch(self) -> type[Architecture]:
+        """The architecture's class (which trains, exports and infers)."""
+        return get_architecture(self.architecture)
+
+    def resolved(self, d_in: int, n_rows: int, device: torch.device) -> TrainConfig:
+        """A copy with every ``None``/``"auto"`` replaced by its concrete value."""
+        c = dataclasses.replace(self, adam_betas=(float(self.adam_betas[0]),
+                                                  float(self.adam_betas[1])))
+        if c.n_tokens is None:
+            c.n_tokens = int((c.n_epochs or DEFAULT_EPOCHS) * n_rows)
+            c.n_epochs = None
+        for key, value in c.arch.recipe_defaults(c, d_in, c.n_tokens // c.batch_size).items():
+            if getattr(c, key) is None:
+                setattr(c, key, value)
+        if not c.arch.uses_k:
+            c.k = None  # recorded as unused rather than as a misleading value
+        if c.aux_k is not None:
+            c.aux_k = min(c.aux_k, c.d_sae)
+        if c.dead_steps is None:
+            c.dead_steps = max(1, round(2**17 / c.batch_size))
+        if c.l1_warmup_steps is None:
+            c.l1_warmup_steps = 0
+        if c.decode == "auto":  # the CSR path pays on CPUs; GPUs prefer batched dense matmuls
+            c.decode = "sparse" if device.type == "cpu" and c.arch.has_sparse_path else "dense"
+        return c
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def total_steps(self, n_rows: int) -> int:
+        """Training steps on a cache of ``n_rows`` rows."""
+        tokens = (self.n_tokens if self.n_tokens is not None
+                  else int((self.n_epochs or DEFAULT_EPOCHS) * n_rows))
+        return tokens // self.batch_size
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """The learning-rate multiplier of 0-based ``step``: linear warm-up over ``warmup_steps``,
+    constant, then linear decay to 0 over the last ``lr_decay_fraction`` of the steps."""
+    f = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    decay_steps = int(round(cfg.lr_decay_fraction * total))
+    if decay_steps > 0 and step >= total - decay_steps:
+        f *= (total - step) / decay_steps
+    return f
