@@ -1,7 +1,12 @@
 # Seed stability of sparse-autoencoder features: which features reappear across training seeds,
 # and what are the others? Entry point of the workflow; see README.md.
+import os
 import sys
 from pathlib import Path
+
+# Idle OpenMP threads sleep instead of spinning: torch's default busy-waiting lets two jobs (or a
+# job and anything else) on the same cores slow each other down many-fold. Jobs inherit this.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # config.yaml is the default; a study passed with --configfile replaces it whole (a study's
 # model list must not be merged with the default's), while --config key=value still overrides.

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import numpy as np
-import pytest
-
+# before torch is imported anywhere: idle OpenMP threads sleep rather than spin (the workflow
+# tests run snakemake jobs beside the test process on two cores)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
