@@ -46,7 +46,7 @@ from . import io, matching, resampling
 from .activations import ActivationCache
 from .evaluation import evaluate_sae, read_evaluation, write_evaluation
 from .logs import get_logger
-from .sae import SAE, THRESHOLD_ARCHITECTURES, SAEConfig, load_sae, sae_from_tensors
+from .sae import SAE, SAEConfig, get_architecture, load_sae, sae_from_tensors
 from .stability import mean_interval, write_table
 from .training import RunOptions, TrainConfig, TrainResult, train_group
 
@@ -227,7 +227,7 @@ def assemble_pool(saes: Sequence[SAE], stability: np.ndarray, mass: np.ndarray, 
     w_enc = torch.empty(c0.d_in, d_sae)
     w_dec = torch.empty(d_sae, c0.d_in)
     b_enc = torch.empty(d_sae)
-    thr = torch.empty(d_sae) if c0.architecture in THRESHOLD_ARCHITECTURES else None
+    thr = torch.empty(d_sae) if get_architecture(c0.architecture).has_threshold else None
     for p in range(P):
         slots = np.flatnonzero(src == p)
         if slots.size == 0:
