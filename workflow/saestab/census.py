@@ -310,11 +310,10 @@ def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: flo
     summary = {
         "n_seeds": S, "n_features": m, "theta": theta, "eps": eps,
         "seeds": seeds,
-        # anchor means with Student-t intervals, for figures; the verdicts use seed_level
-        "stable": mean_interval(fractions["stable"].to_numpy()),
-        "unstable": mean_interval(fractions["unstable"].to_numpy()),
-        "middle": mean_interval(fractions["middle"].to_numpy()),
-        "dead": mean_interval(fractions["dead"].to_numpy()),
+        # shares of live latents: seed-level (jackknife) intervals, with the anchor spread beside
+        **{name: _share(levels["claim"][name], fractions[name].to_numpy())
+           for name in stability.LABELS},
+        "dead": mean_interval(fractions["dead"].to_numpy()),  # one value per SAE: t over seeds
         "seed_level": levels,
         "per_seed": per_seed,
         "convergence": convergence(tl, convergence_threshold),
@@ -335,6 +334,15 @@ def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: flo
     return Census(table=table, fractions=fractions, sweeps=sweeps, n_subsample=nsub,
                   training_length=tl, evals=evals_df, seed_level=levels, maxcos=maxcos,
                   argmax=argmax, summary=summary)
+
+
+def _share(seed_level: dict[str, Any], per_anchor: np.ndarray) -> dict[str, Any]:
+    """A label share: its jackknife interval over seeds, and the spread across anchors (``std``,
+    ``min``, ``max``), which SPEC asks to report beside it but which is no interval: anchors
+    matched against the same other seeds are not independent."""
+    spread = mean_interval(per_anchor)
+    return {**{k: v for k, v in seed_level.items() if k != "replicates"},
+            "std": spread["std"], "min": spread["min"], "max": spread["max"]}
 
 
 def with_dead(labels: pd.Series | np.ndarray, dead: np.ndarray) -> pd.Categorical:
