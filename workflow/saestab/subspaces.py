@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.linalg
 import torch
 
 from . import io, resampling
@@ -155,12 +156,12 @@ def captured_gram(basis: np.ndarray, gram: np.ndarray) -> float:
 
 
 def principal_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Principal angles (radians, ascending) between the spans of orthonormal bases ``a``, ``b``
-    (``min`` of their ranks many; cf. scipy.linalg.subspace_angles)."""
+    """Principal angles (radians, ascending) between the column spans of ``a`` and ``b``
+    (``min`` of their ranks many), by :func:`scipy.linalg.subspace_angles` (accurate for small
+    angles, where the arccos of singular values is not)."""
     if a.shape[1] == 0 or b.shape[1] == 0:
         return np.zeros(0)
-    s = np.linalg.svd(a.T @ b, compute_uv=False)
-    return np.sort(np.arccos(np.clip(s, -1.0, 1.0)))
+    return np.sort(scipy.linalg.subspace_angles(a, b))
 
 
 def pca_basis(acts: np.ndarray) -> np.ndarray:

@@ -244,13 +244,11 @@ def principal_angles(A: np.ndarray, B: np.ndarray, dim: int = 0) -> np.ndarray:
     ``B``; the number of angles is ``max(rank A, rank B, dim)``, a missing dimension counting
     as pi/2 (so that a span that lacks part of the other, or of a ``dim``-dimensional target,
     is penalised, not ignored)."""
-    ra, rb = A.shape[1], B.shape[1]
-    n = max(ra, rb, dim)
-    if ra == 0 or rb == 0:
-        return np.full(n, np.pi / 2)
-    s = np.linalg.svd(A.T @ B, compute_uv=False)
-    ang = np.arccos(np.clip(s, -1.0, 1.0))
-    return np.concatenate([np.sort(ang), np.full(n - len(ang), np.pi / 2)])
+    from .subspaces import principal_angles as angles  # one implementation (scipy's)
+
+    n = max(A.shape[1], B.shape[1], dim)
+    ang = angles(A, B)
+    return np.concatenate([ang, np.full(n - len(ang), np.pi / 2)])
 
 
 def span_basis(directions: np.ndarray, r: int) -> np.ndarray:
