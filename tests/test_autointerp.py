@@ -395,14 +395,14 @@ def test_rule_in_dag_only_when_endpoint_set(tmp_path):
     unset = tmp_path / "unset.yaml"
     unset.write_text(yaml.safe_dump(cfg))
     counts = job_counts(dry_run(tmp_path, unset))
-    assert counts.get("stability_census") == 5  # the study's 4 configurations + the synthetic model
+    assert counts.get("stability_census") == 6  # the study's 4 configurations + 2 synthetic models
     assert "autointerp" not in counts and "autointerp_figure" not in counts
     cfg["autointerp"] = {"endpoint": "http://127.0.0.1:9/v1", "n_features": 3}
     on = tmp_path / "on.yaml"
     on.write_text(yaml.safe_dump(cfg))
     counts = job_counts(dry_run(tmp_path, on))
     assert counts["autointerp"] == 4 and counts["autointerp_figure"] == 1
-    assert counts.get("stability_census") == 5
+    assert counts.get("stability_census") == 6
 
 
 @pytest.mark.workflow

@@ -112,7 +112,7 @@ def test_workflow_function_stage(workdir):
     for weights in ("trained", "random"):
         d = workdir / "results" / "tiny" / weights / hook / "function" / "topk"
         masking = json.loads((d / "masking_summary.json").read_text())
-        assert masking["anchors"] == [0, 1] and masking["ce_contexts"] == 4
+        assert masking["anchors"] == [0, 1, 2] and masking["ce_contexts"] == 4
         none = masking["sets"]["none"]
         assert none["delta_ev"]["mean"] == 0.0  # nothing masked, nothing lost
         assert abs(none["delta_ce_err"]["mean"]) < 1e-6  # error term kept: the clean run
@@ -269,7 +269,7 @@ def test_failed_job_log_holds_the_error(workdir, tmp_path):
     shard.write_bytes(shard.read_bytes()[:1000])
     os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # damaged, not updated
     target = "results/tiny/trained/blocks.1.hook_resid_post/geometry/topk/summary.json"
-    proc = snakemake(wd, "--cores", "1", "--forcerun", "geometry", target, check=False)
+    proc = snakemake(wd, "--cores", "1", "--forcerun", target, "--", target, check=False)
     assert proc.returncode != 0
     log = (wd / "logs/tiny/trained/blocks.1.hook_resid_post/geometry/topk.log").read_text()
     assert "Traceback (most recent call last)" in log

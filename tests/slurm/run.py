@@ -7,10 +7,10 @@ What it does: installs Debian's slurmctld/slurmd/slurm-client/munge where missin
 root, or passwordless sudo, under which the script re-runs itself), writes a munge key, slurm.conf
 and gres.conf (two stand-in GPUs) into a temporary directory (no systemd, no system files
 touched), starts munged, slurmctld and slurmd in the foreground as children of this process, and
-runs tests/config.yaml cut to one SAE variant per weights (corpus, tokens, two caches, four
-training jobs, two censuses: 10 SLURM jobs, plus the localrule table1) twice: through the cluster
-(`snakemake --profile slurm --cores 1` from the repository root, GPU requests switched on for the
-caching and training rules as `device: cuda` would) and locally (`--cores 2 --max-threads 1`).
+runs tests/config.yaml cut to one SAE variant per weights (tokens, two caches, four training
+jobs, two censuses: 9 SLURM jobs, plus the localrules extract_corpus and table1) twice: through
+the cluster (`snakemake --profile slurm --cores 1` from the repository root, GPU requests switched
+on for the caching and training rules as `device: cuda` would) and locally (`--cores 2 --max-threads 1`).
 It checks the cluster's record of every job (state, memory, GPUs, GPU jobs side by side) and
 compares activation caches, SAE weights and census tables: both runs give every job one thread,
 so the float reductions are the same and the outputs must be bit-identical. Every daemon it
@@ -363,7 +363,7 @@ def _same_tensors(load_file: Callable) -> Callable[[Path, Path], bool]:
 
 GPU_RULES = ("cache_activations", "train_saes")  # gpu=gpu_request() in the rules
 GPU_REQUESTS = [f"{r}:gpu=1" for r in GPU_RULES]
-SLURM_RULES = ("extract_corpus", "tokenize", *GPU_RULES, "stability_census")
+SLURM_RULES = ("tokenize", *GPU_RULES, "stability_census")  # extract_corpus is local (hub)
 
 
 def rule_of(job: dict[str, str]) -> str:
@@ -392,7 +392,7 @@ def check_jobs(jobs: list[dict[str, str]]) -> None:
     rules = {rule_of(j) for j in jobs}
     if rules != set(SLURM_RULES):
         raise AssertionError(f"rules run through SLURM: {sorted(rules)}, expected "
-                             f"{sorted(SLURM_RULES)} (table1 is a localrule)")
+                             f"{sorted(SLURM_RULES)} (extract_corpus and table1 are localrules)")
     for j in jobs:
         mem = "8000M" if rule_of(j) in (*GPU_RULES, "stability_census") else "4000M"
         want = 1 if rule_of(j) in GPU_RULES else 0
@@ -406,7 +406,7 @@ def check_jobs(jobs: list[dict[str, str]]) -> None:
 
 
 def study_config(path: Path) -> list[str]:
-    """tests/config.yaml cut to one SAE variant on each weights (10 SLURM jobs instead of ~20)
+    """tests/config.yaml cut to one SAE variant on each weights (9 SLURM jobs instead of ~20)
     written to ``path``; returns the targets both runs build."""
     import yaml
 
