@@ -5,17 +5,17 @@
 
 What it does: installs Debian's slurmctld/slurmd/slurm-client/munge where missing (apt-get; needs
 root, or passwordless sudo, under which the script re-runs itself), writes a munge key, slurm.conf
-and gres.conf (two stand-in GPUs) into a temporary directory (no systemd, no system files
-touched), starts munged, slurmctld and slurmd in the foreground as children of this process, and
-runs tests/config.yaml cut to one SAE variant per weights (tokens, two caches, four training
-jobs, two censuses: 9 SLURM jobs, plus the localrules extract_corpus and table1) twice: through
-the cluster (`snakemake --profile slurm --cores 1` from the repository root, GPU requests switched
-on for the caching and training rules as `device: cuda` would) and locally (`--cores 2
---max-threads 1`). It checks the cluster's record of every job (state, memory, GPUs, GPU jobs
-side by side) and compares activation caches, SAE weights and census tables: both runs give every job one thread,
-so the float reductions are the same and the outputs must be bit-identical. Every daemon it
-started is stopped by its PID on exit, also on failure or SIGINT/SIGTERM (and gets SIGTERM from
-the kernel should this script be killed outright).
+and gres.conf (two stand-in GPUs) into a temporary directory (no systemd, no system files touched),
+starts munged, slurmctld and slurmd in the foreground as children of this process, and runs
+tests/config.yaml cut to one SAE variant per weights (tokens, two caches, four training jobs, two
+censuses: 9 SLURM jobs, plus the localrules extract_corpus and table1) twice: through the cluster
+(`snakemake --profile slurm --cores 1` from the repository root, GPU requests switched on for the
+caching and training rules as `device: cuda` would) and locally (`--cores 2 --max-threads 1`). It
+checks the cluster's record of every job (state, memory, GPUs, GPU jobs side by side) and compares
+activation caches, SAE weights and census tables: both runs give every job one thread, so the float
+reductions are the same and the outputs must be bit-identical. Every daemon it started is stopped
+by its PID on exit, also on failure or SIGINT/SIGTERM (and gets SIGTERM from the kernel should this
+script be killed outright).
 """
 
 from __future__ import annotations
