@@ -32,14 +32,17 @@ def test_readme_table_comes_from_the_summary(tmp_path: Path) -> None:
     readme.write_text("# x\n\n<!-- summary:begin -->\nold table\n<!-- summary:end -->\n\nrest\n")
     summary = {"rows": [
         {"id": "C1", "kind": "claim", "value": 3.14159, "ci_low": 2.0, "ci_high": 4.0,
-         "floor": "ratio ≥ 2", "verdict": "inconclusive", "reason": "not converged: topk"},
+         "floor": "ratio ≥ 2", "verdict": "inconclusive", "reason": "not converged: topk",
+         "rule_verdict": "reproduced"},
         {"id": "C1 null: homogeneous p", "kind": "null", "value": 1.0, "ci_low": 0.9,
          "ci_high": 1.1, "floor": "ratio ≥ 2", "verdict": "not reproduced", "reason": None}]}
     gallery.update_readme(readme, gallery.readme_table(summary))
     text = readme.read_text()
     assert "old table" not in text and text.endswith("<!-- summary:end -->\n\nrest\n")
-    assert "| C1 | claim | 3.14 [2, 4] | ratio ≥ 2 | inconclusive: not converged: topk |" in text
-    assert "| C1 null: homogeneous p | null | 1 [0.9, 1.1] | ratio ≥ 2 | not reproduced |" in text
+    assert ("| C1 | claim | 3.14 [2, 4] | ratio ≥ 2 | reproduced | inconclusive: not converged: "
+            "topk |") in text
+    assert "| C1 null: homogeneous p | null | 1 [0.9, 1.1] | ratio ≥ 2 | – | not reproduced |" \
+        in text
     bare = tmp_path / "bare.md"
     bare.write_text("no markers")
     import pytest

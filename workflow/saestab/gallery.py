@@ -66,13 +66,14 @@ def _num(x: float | None) -> str:
 
 def readme_table(summary: dict) -> str:
     """The README's results table from a ``summary.json``: one line per row of the summary."""
-    lines = ["| row | kind | statistic [95% CI] | floor | verdict |", "|---|---|---|---|---|"]
+    lines = ["| row | kind | statistic [95% CI] | floor | rule alone | verdict |",
+             "|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         value = "–" if r["value"] is None else \
             f"{_num(r['value'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
         verdict = r["verdict"] if not r.get("reason") else f"{r['verdict']}: {r['reason']}"
         lines.append(f"| {r['id']} | {r['kind']} | {value} | {r.get('floor') or '–'} | "
-                     f"{verdict} |")
+                     f"{r.get('rule_verdict') or '–'} | {verdict} |")
     return "\n".join(lines)
 
 
