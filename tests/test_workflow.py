@@ -232,7 +232,7 @@ def test_runtime_settings_rerun_nothing(workdir, tmp_path):
     changed = _with_config(
         tmp_path, device="auto", sae={"checkpoint_every": 7, "eval_batch_size": 100},
         stability={"chunk_size": 3},
-        function={"masking": {"n_anchors": 2, "ce_contexts": 4, "ce_batch_size": 1,
+        function={"masking": {"n_anchors": 3, "ce_contexts": 4, "ce_batch_size": 1,
                               "batch_size": 99},
                   "surface": {"n_anchors": 3, "top_k": 16, "browse_features": 3,
                               "browse_contexts": 4, "batch_size": 77}})
