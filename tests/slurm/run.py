@@ -13,7 +13,8 @@ censuses: 9 SLURM jobs, plus the localrules extract_corpus and table1) twice: th
 caching and training rules as `device: cuda` would) and locally (`--cores 2 --max-threads 1`). It
 checks the cluster's record of every job (state, memory, GPUs, GPU jobs side by side) and compares
 activation caches, SAE weights and census tables: both runs give every job one thread, so the float
-reductions are the same and the outputs must be bit-identical. Every daemon it started is stopped
+reductions are the same and the outputs must be bit-identical (census summaries: equal, their float
+sums to 1e-12 relative). Every daemon it started is stopped
 by its PID on exit, also on failure or SIGINT/SIGTERM (and gets SIGTERM from the kernel should this
 script be killed outright).
 """
@@ -314,6 +315,19 @@ def snakemake(workdir: Path, config: Path, args: list[str], env: dict[str, str],
 # comparison
 
 
+def _close(a: object, b: object, rtol: float = 1e-12) -> bool:
+    """JSON values equal, floats to a relative ``rtol`` (NaN equal to NaN)."""
+    import math
+
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rtol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y, rtol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rtol, abs_tol=0)
+    return a == b
+
+
 def compare_outputs(local: Path, slurm: Path) -> dict[str, int]:
     """Assert that the deterministic outputs of both runs are identical; counts per kind."""
     import numpy as np
@@ -326,8 +340,10 @@ def compare_outputs(local: Path, slurm: Path) -> dict[str, int]:
         "SAE weights": ("results/**/saes/**/sae_weights.safetensors", _same_tensors(load_file)),
         "census tables": ("results/**/stability/*/*.parquet", lambda a, b: pd.read_parquet(a)
                           .equals(pd.read_parquet(b))),
-        "census summaries": ("results/**/stability/*/summary.json", lambda a, b: json.loads(
-            a.read_text()) == json.loads(b.read_text())),
+        # float sums over activations (e.g. the train-split EV) may differ in the last bit
+        # between two processes; everything else in a census summary must be equal
+        "census summaries": ("results/**/stability/*/summary.json", lambda a, b: _close(
+            json.loads(a.read_text()), json.loads(b.read_text()))),
         "table 1": ("results/tables/table1.csv", lambda a, b: a.read_bytes() == b.read_bytes()),
     }
     counts: dict[str, int] = {}
@@ -477,7 +493,7 @@ def main(argv: list[str]) -> int:
                             env, tmp / "local.log")
         say(f"local run finished in {t_local:.0f} s")
         counts = compare_outputs(local_wd, slurm_wd)
-        say("outputs match the local run bit for bit: " +
+        say("outputs match the local run (bit for bit; summary floats to 1e-12): " +
             ", ".join(f"{n} {kind}" for kind, n in counts.items()))
         say(f"PASSED in {time.monotonic() - t_start:.0f} s")
         return 0
