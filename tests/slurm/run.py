@@ -14,9 +14,8 @@ caching and training rules as `device: cuda` would) and locally (`--cores 2 --ma
 checks the cluster's record of every job (state, memory, GPUs, GPU jobs side by side) and compares
 activation caches, SAE weights and census tables: both runs give every job one thread, so the float
 reductions are the same and the outputs must be bit-identical (census summaries: equal, their float
-sums to 1e-12 relative). Every daemon it started is stopped
-by its PID on exit, also on failure or SIGINT/SIGTERM (and gets SIGTERM from the kernel should this
-script be killed outright).
+sums to 1e-12 relative). Every daemon it started is stopped by its PID on exit, also on failure or
+SIGINT/SIGTERM (and gets SIGTERM from the kernel should this script be killed outright).
 """
 
 from __future__ import annotations
