@@ -492,7 +492,7 @@ def main(argv: list[str]) -> int:
                             env, tmp / "local.log")
         say(f"local run finished in {t_local:.0f} s")
         counts = compare_outputs(local_wd, slurm_wd)
-        say("outputs match the local run (bit for bit; summary floats to 1e-12): " +
+        say("outputs match the local run bit for bit (census summary floats to 1e-12): " +
             ", ".join(f"{n} {kind}" for kind, n in counts.items()))
         say(f"PASSED in {time.monotonic() - t_start:.0f} s")
         return 0
