@@ -409,13 +409,23 @@ def _c3_row(block: Mapping[str, Any] | None, kind: str, name: str, study: Study,
                 n_anchors=len(block.get("anchors", [])))
 
 
-def rows_c3(study: Study) -> list[Row]:
+def _claim_null_random(study: Study, cid: str, null_name: str, stage: str, file: str,
+                       make_row: Callable[..., Row]) -> list[Row]:
+    """The claim's row (main trained configuration), its known negative (the ``null`` entry of
+    the same block) and the random-weights comparison, for a claim whose stage writes one block
+    ``<cid lower-cased>`` per configuration."""
+    key = cid.lower()
     c, r = study.main(), study.main("random")
-    b = ((c.read("function", "masking_summary.json") if c else None) or {}).get("c3")
-    br = ((r.read("function", "masking_summary.json") if r else None) or {}).get("c3")
-    return [_gate(_c3_row(b, CLAIM, "C3", study, c), [c], study),
-            _c3_row((b or {}).get("null"), NULL, "C3 null: sets of equal effect", study, c),
-            _gate(_c3_row(br, RANDOM, "C3 random weights", study, r), [r], study)]
+    b = ((c.read(stage, file) if c else None) or {}).get(key)
+    br = ((r.read(stage, file) if r else None) or {}).get(key)
+    return [_gate(make_row(b, CLAIM, cid, study, c), [c], study),
+            make_row((b or {}).get("null"), NULL, f"{cid} null: {null_name}", study, c),
+            _gate(make_row(br, RANDOM, f"{cid} random weights", study, r), [r], study)]
+
+
+def rows_c3(study: Study) -> list[Row]:
+    return _claim_null_random(study, "C3", "sets of equal effect", "function",
+                              "masking_summary.json", _c3_row)
 
 
 # ------------------------------------------------------------------------------------------
@@ -450,12 +460,9 @@ def _c4_row(block: Mapping[str, Any] | None, kind: str, name: str, study: Study,
 
 
 def rows_c4(study: Study) -> list[Row]:
-    c, r = study.main(), study.main("random")
-    b = ((c.read("function", "surface_summary.json") if c else None) or {}).get("c4")
-    br = ((r.read("function", "surface_summary.json") if r else None) or {}).get("c4")
-    rows = [_gate(_c4_row(b, CLAIM, "C4", study, c), [c], study),
-            _c4_row((b or {}).get("null"), NULL, "C4 null: shuffled labels", study, c),
-            _gate(_c4_row(br, RANDOM, "C4 random weights", study, r), [r], study)]
+    rows = _claim_null_random(study, "C4", "shuffled labels", "function",
+                              "surface_summary.json", _c4_row)
+    c = study.main()
     ai = c.read("autointerp", "summary.json") if c else None
     if ai is not None:
         rows[0].details["autointerp"] = ai.get("difference")
@@ -608,13 +615,8 @@ def _c7_row(block: Mapping[str, Any] | None, kind: str, name: str, study: Study,
 
 
 def rows_c7(study: Study) -> list[Row]:
-    c, r = study.main(), study.main("random")
-    b = ((c.read("pool", "summary.json") if c else None) or {}).get("c7")
-    br = ((r.read("pool", "summary.json") if r else None) or {}).get("c7")
-    return [_gate(_c7_row(b, CLAIM, "C7", study, c), [c], study),
-            _c7_row((b or {}).get("null"), NULL, "C7 null: continued standard vs itself",
-                    study, c),
-            _gate(_c7_row(br, RANDOM, "C7 random weights", study, r), [r], study)]
+    return _claim_null_random(study, "C7", "continued standard vs itself", "pool",
+                              "summary.json", _c7_row)
 
 
 # ------------------------------------------------------------------------------------------
