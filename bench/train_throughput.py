@@ -75,9 +75,9 @@ from saestab.activations import ActivationCache, write_cache  # noqa: E402
 from saestab.sae import SAE, fold_input_scale, load_sae, sae_from_tensors  # noqa: E402
 from saestab.training import (  # noqa: E402
     RunOptions,
+    ShuffledStream,
     TrainConfig,
     TrainResult,
-    epoch_order,
     train_group,
 )
 
@@ -112,17 +112,18 @@ def synthetic_cache(path: Path, n_tokens: int, d: int, seed: int) -> ActivationC
                        batch_size=64)
 
 
-def row_order(data_seed: int, n_rows: int, batch_size: int, n_steps: int) -> np.ndarray:
-    """The rows our trainer visits, in order: epoch ``e`` uses ``epoch_order(data_seed, e)``
-    and drops its last partial batch."""
-    spe = n_rows // batch_size
-    parts, total = [], 0
-    e = 0
-    while total < n_steps * batch_size:
-        parts.append(epoch_order(data_seed, e, n_rows)[:spe * batch_size])
-        total += spe * batch_size
-        e += 1
-    return np.concatenate(parts)[:n_steps * batch_size].astype(np.int64)
+def row_order(cache: ActivationCache, cfg: TrainConfig, data_seed: int,
+              n_steps: int) -> np.ndarray:
+    """The rows our trainer visits, in order (:meth:`ShuffledStream.epoch_rows`, each epoch
+    less its last partial batch)."""
+    stream = ShuffledStream(cache, cfg.batch_size, data_seed, shuffle_block=cfg.shuffle_block,
+                            shuffle_window=cfg.shuffle_window)
+    spe = stream.steps_per_epoch * cfg.batch_size
+    parts, total, e = [], 0, 0
+    while total < n_steps * cfg.batch_size:
+        parts.append(stream.epoch_rows(e)[:spe])
+        total, e = total + spe, e + 1
+    return np.concatenate(parts)[:n_steps * cfg.batch_size].astype(np.int64)
 
 
 @torch.no_grad()
@@ -275,7 +276,7 @@ def main() -> None:
                              "file's docstring) or pass --skip-saelens")
         if have_saelens:
             np.save(work / "train.npy", train.load())
-            np.save(work / "order.npy", row_order(0, n_rows, args.batch_size, steps))
+            np.save(work / "order.npy", row_order(train, rcfg, 0, steps))
         decay = int(round(rcfg.lr_decay_fraction * steps))
         schedules = ["default", "matched"] if rcfg.warmup_steps + decay <= steps else ["default"]
         for r in range(args.repeats):

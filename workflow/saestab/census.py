@@ -373,7 +373,8 @@ def training_length(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps
                     device: str = "cpu", chunk_size: int = 4096) -> pd.DataFrame:
     """Label fractions and EV of the snapshots at every saved epoch (stability vs training
     length): ``epoch, stable, middle, unstable`` (means over anchors), ``*_std``, ``ev``,
-    ``l0``, ``dead_fraction`` (means over seeds)."""
+    ``l0``, ``dead_fraction`` (means over seeds), and the ``steps`` and ``tokens_seen`` of that
+    budget (each snapshot finished its own learning-rate decay there)."""
     rows = []
     for epoch in snapshot_epochs(group_dirs):
         dirs = seed_dirs(group_dirs, epoch)
@@ -387,6 +388,8 @@ def training_length(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps
             row[f"{lab}_std"] = float(fr[lab].std(ddof=1)) if len(fr) > 1 else float("nan")
         for key in ("ev", "l0", "dead_fraction"):
             row[key] = float(np.mean([e[key] for e in evals]))
+        recipe = io.read_json(dirs[0] / "cfg.json").get("recipe", {})
+        row["steps"], row["tokens_seen"] = recipe.get("steps"), recipe.get("tokens_seen")
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -81,9 +81,10 @@ class JumpReLU(Architecture):
 
     @classmethod
     def recipe_defaults(cls, cfg: TrainConfig, d_in: int, total_steps: int) -> dict[str, Any]:
-        """The L0 penalty warms up over the first 5% of the steps."""
+        """The L0 penalty warms up with the learning rate, over ``warmup_steps`` (budget-free, so
+        every budget's run starts the same)."""
         return {**super().recipe_defaults(cfg, d_in, total_steps),
-                "l1_warmup_steps": int(0.05 * total_steps)}
+                "l1_warmup_steps": cfg.warmup_steps}
 
     @torch.no_grad()
     def init_seed(self, i: int, seed: int, b_dec: torch.Tensor) -> None:

@@ -28,10 +28,11 @@ class ReLU(Architecture):
     @classmethod
     def recipe_defaults(cls, cfg: TrainConfig, d_in: int, total_steps: int) -> dict[str, Any]:
         """lambda = 5 / sqrt(d_in): Anthropic's 5 at E||x||^2 = d_in in our E||x||^2 = 1 units;
-        the penalty warms up over the first 5% of the steps."""
+        the penalty warms up with the learning rate, over ``warmup_steps`` (not a share of the
+        budget, so that every budget's run starts the same: see the trainer's snapshots)."""
         return {**super().recipe_defaults(cfg, d_in, total_steps),
                 "l1_coefficient": 5.0 / math.sqrt(d_in),
-                "l1_warmup_steps": int(0.05 * total_steps)}
+                "l1_warmup_steps": cfg.warmup_steps}
 
     def activation(self, pre: torch.Tensor, step: int) -> torch.Tensor:
         return torch.relu(pre)

@@ -1,6 +1,7 @@
 """The multi-seed SAE trainer.
 
 * :mod:`.config`: the recipe (:class:`TrainConfig`) and the learning-rate schedule.
+* :mod:`.data`: the training rows, streamed from the cache in a seeded shuffled order.
 * :mod:`.loop`: :func:`train_group`, in stages: data, model, loop, snapshots, export.
 * :mod:`.checkpoint`: model, optimiser and scheduler state, resumed only for the same run.
 * :mod:`.job`: one workflow job: a clean work area, the outputs' manifest, their check.
@@ -8,6 +9,7 @@
 
 from .checkpoint import CHECKPOINT_FORMAT, fingerprint
 from .config import DEFAULT_EPOCHS, IMPL_FIELDS, TrainConfig, lr_factor
+from .data import ShuffledStream
 from .job import (
     MANIFEST,
     Job,
@@ -22,8 +24,8 @@ from .loop import (
     RunOptions,
     TrainResult,
     build_model,
+    decay_fork_step,
     decoder_init_cosine,
-    epoch_order,
     geometric_median,
     make_optimizer,
     prepare_data,
@@ -33,8 +35,8 @@ from .loop import (
 
 __all__ = [
     "CHECKPOINT_FORMAT", "DEFAULT_EPOCHS", "IMPL_FIELDS", "MANIFEST", "Job", "RunOptions",
-    "TrainConfig", "TrainResult", "build_model", "check_outputs", "decoder_init_cosine",
-    "epoch_order", "fingerprint", "finish_job", "geometric_median", "lr_factor",
-    "make_optimizer", "manifest_dirs", "prepare_data", "prepare_work_dir", "remove_temporaries",
-    "train_group", "train_job", "train_step",
+    "ShuffledStream", "TrainConfig", "TrainResult", "build_model", "check_outputs",
+    "decay_fork_step", "decoder_init_cosine", "fingerprint", "finish_job", "geometric_median",
+    "lr_factor", "make_optimizer", "manifest_dirs", "prepare_data", "prepare_work_dir",
+    "remove_temporaries", "train_group", "train_job", "train_step",
 ]

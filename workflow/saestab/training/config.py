@@ -32,8 +32,11 @@ class TrainConfig:
     without firing after which a latent counts as dead) ``2**17 / batch_size`` (~131k tokens);
     length ``n_epochs`` or ``n_tokens``, neither: :data:`DEFAULT_EPOCHS` epochs. The learning
     rate warms up linearly over ``warmup_steps`` and decays linearly to 0 over the last
-    ``lr_decay_fraction`` of the steps. JumpReLU's ``jumprelu_bandwidth``,
-    ``jumprelu_init_threshold`` (in units of the normalised activations) and
+    ``lr_decay_fraction`` of the steps; a snapshot at a smaller budget is a decay branch forked
+    from the constant phase, so it too ends its own schedule at its budget (warm-up, stable,
+    decay: :func:`~.loop.decay_fork_step`). The data are read in the order of
+    :class:`~.data.ShuffledStream` (``shuffle_block``, ``shuffle_window`` rows). JumpReLU's
+    ``jumprelu_bandwidth``, ``jumprelu_init_threshold`` (in units of the normalised activations) and
     ``l0_coefficient`` are starting points, not tuned values.
 
     ``decode`` picks an implementation with the same maths: ``sparse`` (CSR matmuls, for
@@ -70,6 +73,9 @@ class TrainConfig:
     b_dec_init: str = "geometric_median"
     b_dec_init_sample: int = 8192
     normalize: bool = True
+    # data order (see saestab.training.data): contiguous rows read together, rows shuffled together
+    shuffle_block: int = 1024
+    shuffle_window: int = 1 << 17
     decode: str = "auto"
 
     @property
@@ -81,8 +87,8 @@ class TrainConfig:
         """A copy with every ``None``/``"auto"`` replaced by its concrete value."""
         c = dataclasses.replace(self, adam_betas=(float(self.adam_betas[0]),
                                                   float(self.adam_betas[1])))
-        if c.n_tokens is None:
-            c.n_tokens = int((c.n_epochs or DEFAULT_EPOCHS) * n_rows)
+        if c.n_tokens is None:  # whole batches of whole epochs, as the data stream counts them
+            c.n_tokens = c.total_steps(n_rows) * c.batch_size
             c.n_epochs = None
         for key, value in c.arch.recipe_defaults(c, d_in, c.n_tokens // c.batch_size).items():
             if getattr(c, key) is None:
@@ -103,10 +109,11 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def total_steps(self, n_rows: int) -> int:
-        """Training steps on a cache of ``n_rows`` rows."""
-        tokens = (self.n_tokens if self.n_tokens is not None
-                  else int((self.n_epochs or DEFAULT_EPOCHS) * n_rows))
-        return tokens // self.batch_size
+        """Training steps on a cache of ``n_rows`` rows: ``n_tokens // batch_size``, or
+        ``n_epochs`` times the steps of one epoch (whose last partial batch is dropped)."""
+        if self.n_tokens is not None:
+            return self.n_tokens // self.batch_size
+        return int(round((self.n_epochs or DEFAULT_EPOCHS) * (n_rows // self.batch_size)))
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:

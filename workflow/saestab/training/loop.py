@@ -13,6 +13,7 @@ isolates the effect of the initialisation. What is trained is the architecture's
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import time
@@ -32,6 +33,7 @@ from ..logs import get_logger, progress
 from ..sae import SAE, Architecture, SAEConfig, StepOut, fold_input_scale, sae_from_tensors
 from .checkpoint import Trainable, fingerprint, resume, write_checkpoint
 from .config import TrainConfig, lr_factor
+from .data import ShuffledStream
 
 log = get_logger("training")
 
@@ -75,18 +77,14 @@ class TrainResult:
 
 @dataclass
 class Data:
-    """The training activations, scaled, on the training device."""
+    """The training activations: a shuffled stream of scaled rows of the cache."""
 
-    x: torch.Tensor  # (n_rows, d)
+    stream: ShuffledStream
     scale: float  # x = raw * scale
     cache: ActivationCache
+    device: torch.device
     steps_per_epoch: int  # the last partial batch of an epoch is dropped
     total_steps: int
-
-
-def epoch_order(data_seed: int, epoch: int, n: int) -> np.ndarray:
-    """The row permutation of ``epoch`` (a function of ``(data_seed, epoch)`` only)."""
-    return np.random.default_rng([int(data_seed), int(epoch)]).permutation(n)
 
 
 def geometric_median(x: torch.Tensor, max_iter: int = 200, tol: float = 1e-7) -> torch.Tensor:
@@ -104,10 +102,10 @@ def geometric_median(x: torch.Tensor, max_iter: int = 200, tol: float = 1e-7) ->
 
 
 # -- stage 1: data -------------------------------------------------------------------------
-def prepare_data(cache: ActivationCache, cfg: TrainConfig,
+def prepare_data(cache: ActivationCache, cfg: TrainConfig, data_seed: int,
                  device: torch.device) -> tuple[TrainConfig, Data]:
-    """Resolve the recipe for this cache and load it once into memory as float32, scaled to
-    unit mean squared norm (so one recipe suits every model and layer)."""
+    """Resolve the recipe for this cache and open its shuffled stream of rows, scaled to unit
+    mean squared norm (so one recipe suits every model and layer)."""
     if cache.n_tokens < cfg.batch_size:
         raise io.InputError(f"{cache.path}: {cache.n_tokens} rows, fewer than one batch "
                             f"({cfg.batch_size})")
@@ -116,14 +114,12 @@ def prepare_data(cache: ActivationCache, cfg: TrainConfig,
     if total <= 0:
         raise ValueError(f"{cfg.n_tokens} training tokens make no full batch of {cfg.batch_size}")
     scale = 1.0 / math.sqrt(cache.stats.mean_sq_norm) if cfg.normalize else 1.0
-    t0 = time.perf_counter()
-    x = torch.from_numpy(cache.load(dtype=np.float32))
-    if scale != 1.0:
-        x.mul_(scale)
-    data = Data(x=x.to(device), scale=scale, cache=cache, total_steps=total,
-                steps_per_epoch=cache.n_tokens // cfg.batch_size)
-    log.info("loaded %d x %d activations in %.1f s (scale %.4g); %d steps (%d per epoch), %s, "
-             "decode %s", cache.n_tokens, cache.d, time.perf_counter() - t0, scale, total,
+    stream = ShuffledStream(cache, cfg.batch_size, data_seed, shuffle_block=cfg.shuffle_block,
+                            shuffle_window=cfg.shuffle_window, scale=scale, device=device)
+    data = Data(stream=stream, scale=scale, cache=cache, device=device, total_steps=total,
+                steps_per_epoch=stream.steps_per_epoch)
+    log.info("streaming %d x %d activations (scale %.4g, windows of %d rows); %d steps (%d per "
+             "epoch), %s, decode %s", cache.n_tokens, cache.d, scale, cfg.shuffle_window, total,
              data.steps_per_epoch, cfg.architecture, cfg.decode)
     return cfg, data
 
@@ -131,11 +127,9 @@ def prepare_data(cache: ActivationCache, cfg: TrainConfig,
 # -- stage 2: the model and its optimiser --------------------------------------------------
 def initial_b_dec(cfg: TrainConfig, data: Data) -> torch.Tensor:
     """The decoder bias every seed starts from: a statistic of evenly spaced rows."""
-    n = data.x.shape[0]
     if cfg.b_dec_init == "zeros":
-        return torch.zeros(data.x.shape[1])
-    idx = torch.linspace(0, n - 1, min(n, cfg.b_dec_init_sample)).long()
-    sample = data.x[idx.to(data.x.device)].cpu()
+        return torch.zeros(data.cache.d)
+    sample = data.stream.sample(cfg.b_dec_init_sample).cpu()
     if cfg.b_dec_init == "geometric_median":
         return geometric_median(sample)
     return sample.double().mean(0).float()
@@ -144,7 +138,7 @@ def initial_b_dec(cfg: TrainConfig, data: Data) -> torch.Tensor:
 def build_model(cfg: TrainConfig, data: Data, init_seeds: Sequence[int],
                 init: Sequence[Mapping[str, torch.Tensor]] | None) -> Architecture:
     """The stacked model of all seeds, from their seeds or from given SAE tensors."""
-    model = cfg.arch(cfg, data.x.shape[1], len(init_seeds))
+    model = cfg.arch(cfg, data.cache.d, len(init_seeds))
     if init is not None:
         for i, tensors in enumerate(init):
             model.load_tensors(i, tensors, data.scale)
@@ -152,7 +146,7 @@ def build_model(cfg: TrainConfig, data: Data, init_seeds: Sequence[int],
         b_dec = initial_b_dec(cfg, data)
         for i, seed in enumerate(init_seeds):
             model.init_seed(i, seed, b_dec)
-    return model.to(data.x.device)
+    return model.to(data.device)
 
 
 def make_optimizer(model: Architecture, cfg: TrainConfig, total: int) -> Trainable:
@@ -198,6 +192,7 @@ class _Run:
     init_given: bool
     snap_epochs: set[int]
     history: list[dict[str, Any]] = field(default_factory=list)
+    forks: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def model(self) -> Architecture:
@@ -206,15 +201,10 @@ class _Run:
 
 def _loop(run: _Run, start: int) -> None:
     data, cfg = run.data, run.cfg
-    acc = _Metrics(run.model.n_seeds, data.x.device)
-    order, order_epoch = torch.empty(0, dtype=torch.int64), -1
-    for step in progress(range(start, data.total_steps), total=data.total_steps - start,
-                         desc=f"train {cfg.architecture} x{len(run.seeds)}", unit="step"):
-        epoch, pos = divmod(step, data.steps_per_epoch)
-        if epoch != order_epoch:
-            order = torch.from_numpy(epoch_order(run.data_seed, epoch, data.x.shape[0]))
-            order, order_epoch = order.to(data.x.device), epoch
-        x = data.x[order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]
+    acc = _Metrics(run.model.n_seeds, data.device)
+    steps = progress(range(start, data.total_steps), total=data.total_steps - start,
+                     desc=f"train {cfg.architecture} x{len(run.seeds)}", unit="step")
+    for step, x in zip(steps, data.stream.batches(start, data.total_steps), strict=True):
         lr = run.state.scheduler.get_last_lr()[0]
         acc.add(train_step(run.state, x, step), x)
         done = step + 1
@@ -227,18 +217,59 @@ def _loop(run: _Run, start: int) -> None:
 
 
 # -- stage 4: snapshots and checkpoints ----------------------------------------------------
+def decay_fork_step(cfg: TrainConfig, budget: int) -> int:
+    """The step at which a run of ``budget`` steps leaves its constant phase and starts its
+    linear decay: ``budget - round(lr_decay_fraction * budget)``.
+
+    Up to that step the schedule of every budget is the same (warm-up, then constant), so a
+    snapshot at a smaller budget is a copy of the main run forked there and decayed over the
+    budget's own decay steps on the batches the main run reads next: the SAE a separate run of
+    that budget would give, at the cost of its decay steps only (warmup-stable-decay).
+    """
+    return budget - int(round(cfg.lr_decay_fraction * budget))
+
+
+def snapshot_forks(run: _Run) -> dict[int, list[int]]:
+    """Snapshot epochs keyed by the step after which each is taken: their decay-branch fork,
+    or the end of the run for an epoch whose budget is the run's own length."""
+    spe, total = run.data.steps_per_epoch, run.data.total_steps
+    forks: dict[int, list[int]] = {}
+    for epoch in sorted(run.snap_epochs):
+        budget = epoch * spe
+        at = total if budget == total else decay_fork_step(run.cfg, budget)
+        forks.setdefault(at, []).append(epoch)
+    return forks
+
+
 def _after_step(run: _Run, done: int) -> None:
-    spe, opts = run.data.steps_per_epoch, run.opts
-    if done % spe == 0 and done // spe in run.snap_epochs:
-        epoch = done // spe
+    opts = run.opts
+    for epoch in run.forks.get(done, []):
+        model = run.model if done == run.data.total_steps else _decay_branch(run, done, epoch)
         for i in range(len(run.seeds)):
-            export(run, i, done).save(_snapshot_dir(opts, i, epoch))
+            export(run, i, epoch * run.data.steps_per_epoch, model).save(
+                _snapshot_dir(opts, i, epoch))
         log.info("saved epoch-%d snapshots", epoch)
     if opts.checkpoint_dir is not None and opts.checkpoint_every > 0 \
             and done % opts.checkpoint_every == 0 and done < run.data.total_steps:
         write_checkpoint(Path(opts.checkpoint_dir), run.state, done, run.fp)
     if opts.callback is not None:
         opts.callback(done)
+
+
+def _decay_branch(run: _Run, fork: int, epoch: int) -> Architecture:
+    """A copy of the run at step ``fork`` trained through the decay of an ``epoch``-epoch
+    budget (see :func:`decay_fork_step`); the run itself is left as it was."""
+    budget = epoch * run.data.steps_per_epoch
+    branch = make_optimizer(copy.deepcopy(run.model), run.cfg, budget)
+    # deep copies: the optimiser would otherwise share Adam's moment tensors with the run
+    branch.optimizer.load_state_dict(copy.deepcopy(run.state.optimizer.state_dict()))
+    branch.scheduler.load_state_dict(run.state.scheduler.state_dict())
+    for group in branch.optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * lr_factor(run.cfg, fork, budget)
+    for step, x in zip(range(fork, budget), run.data.stream.batches(fork, budget), strict=True):
+        train_step(branch, x, step)
+    log.info("epoch-%d snapshot: decayed from step %d to %d", epoch, fork, budget)
+    return branch.model  # type: ignore[return-value]
 
 
 def _snapshot_dir(opts: RunOptions, i: int, epoch: int) -> Path:
@@ -256,8 +287,10 @@ def _snapshot_epochs(opts: RunOptions, data: Data) -> set[int]:
 
 
 # -- stage 5: export -----------------------------------------------------------------------
-def export(run: _Run, i: int, step: int) -> SAE:
-    """Seed ``i`` at ``step`` as an :class:`SAE` on raw activations (normalisation folded in)."""
+def export(run: _Run, i: int, step: int, model: Architecture | None = None) -> SAE:
+    """Seed ``i`` of ``model`` (default: the run's) after ``step`` steps as an :class:`SAE` on
+    raw activations (normalisation folded in)."""
+    model = run.model if model is None else model
     cfg, cache = run.cfg, run.data.cache
     recipe = cfg.to_json()
     recipe.update({"steps": step, "tokens_seen": step * cfg.batch_size,
@@ -271,7 +304,7 @@ def export(run: _Run, i: int, step: int) -> SAE:
                         model_name=str(cache.header.get("model") or ""),
                         hook_name=str(cache.header.get("hook") or ""),
                         recipe=recipe, seeds=seeds)
-    return sae_from_tensors(sae_cfg, fold_input_scale(run.model.export_tensors(i),
+    return sae_from_tensors(sae_cfg, fold_input_scale(model.export_tensors(i),
                                                       run.data.scale))
 
 
@@ -323,7 +356,7 @@ def train_group(cache: ActivationCache | str | Path, cfg: TrainConfig, init_seed
                 init: Sequence[Mapping[str, torch.Tensor]] | None = None) -> TrainResult:
     """Train one SAE per init seed on ``cache``, sharing the data order; save and return them.
 
-    The data order of epoch ``e`` is :func:`epoch_order` ``(data_seed, e, n)``. ``init``:
+    The data order is :class:`~.data.ShuffledStream`'s for ``data_seed``. ``init``:
     start from these SAEs instead of a seeded initialisation (continued training, e.g. of a
     pooled SAE): one dict of tensors per seed in :meth:`SAE.state_tensors` form, raw units;
     ``init_seeds`` then only label the models, ``b_dec_init`` is unused, Adam starts from zero
@@ -333,13 +366,14 @@ def train_group(cache: ActivationCache | str | Path, cfg: TrainConfig, init_seed
     seeds = [int(s) for s in init_seeds]
     _check_group(cfg, seeds, opts, init)
     cache = cache if isinstance(cache, ActivationCache) else ActivationCache.open(cache)
-    cfg, data = prepare_data(cache, cfg, torch.device(opts.device))
+    cfg, data = prepare_data(cache, cfg, int(data_seed), torch.device(opts.device))
     model = build_model(cfg, data, seeds, init)
     w_dec_init = model.W_dec.detach().cpu().clone()
     run = _Run(cfg=cfg, data=data, state=make_optimizer(model, cfg, data.total_steps),
                seeds=seeds, data_seed=int(data_seed), opts=opts, init_given=init is not None,
                fp=fingerprint(cfg, seeds, data_seed, cache, init),
                snap_epochs=_snapshot_epochs(opts, data))
+    run.forks = snapshot_forks(run)
     ckpt = Path(opts.checkpoint_dir) if opts.checkpoint_dir is not None else None
     start = resume(ckpt, run.state, run.fp)
     if start:
