@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from saestab import census, pooling, resampling, subspaces, summary
+from saestab import census, io, pooling, resampling, subspaces, summary
 from saestab.summary import CLAIM, INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, NULL, RANDOM, REPRODUCED
 
 S, M, D = 6, 240, 16
@@ -287,3 +287,24 @@ def test_census_nulls_fail_the_c1_rule_on_a_bimodal_configuration() -> None:
     st = lv["claim"]["stable"]
     assert st["ci_high"] - st["ci_low"] > 0
     assert len(st["replicates"]) == S
+
+
+def test_compute_time_sums_benchmark_records_per_rule(tmp_path: Path) -> None:
+    head = "s\th:m:s\tmax_rss\n"
+    files = {"benchmarks/m/trained/blocks.1.hook/train_saes/topk-group0.tsv": "100.5\t0\t1\n",
+             "benchmarks/m/trained/blocks.1.hook/train_saes/relu-group0.tsv": "20\t0\t1\n3\t0\t1\n",
+             "benchmarks/m/random/blocks.1.hook/cache_activations.tsv": "7.25\t0\t1\n"}
+    for name, body in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(head + body)
+    c = summary.compute_time([tmp_path / n for n in files])
+    assert c["per_rule_seconds"] == {"train_saes": 123.5, "cache_activations": 7.25}
+    assert c["total_seconds"] == 130.75 and c["n_jobs"] == 3
+    md = summary.to_markdown([], compute=c)
+    assert "Compute: 131 s of job time over 3 benchmarked jobs (train_saes 124 s, " \
+           "cache_activations 7 s)" in md
+    bad = tmp_path / "benchmarks/m/trained/blocks.1.hook/geometry/topk.tsv"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("")
+    with pytest.raises(io.InputError, match="geometry/topk.tsv"):
+        summary.compute_time([bad])

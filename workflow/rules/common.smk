@@ -321,7 +321,34 @@ def summary_inputs(wildcards):
         out.append(f"{census_dir(c)}/summary.json")
         if config["geometry"]["enabled"]:
             out.append(f"{geometry_dir(c)}/summary.json")
-    return {"summaries": out, "tokens": [f"results/{m}/tokens" for m in MODELS]}
+    return {
+        "summaries": out,
+        "tokens": [f"results/{m}/tokens" for m in MODELS],
+        "benchmarks": benchmark_files(),
+    }
+
+
+def benchmark_files():
+    """The benchmark record of every job whose rule keeps one (``benchmark:``), summed into the
+    summary's compute-time line; the paths follow those rules' ``benchmark:`` patterns.
+    """
+    out = [
+        f"benchmarks/{m}/{w}/{h}/cache_activations.tsv"
+        for m, h in model_hooks()
+        for w in WEIGHTS
+    ]
+    for c in sae_configs() + synthetic_configs():
+        model, weights, hook, variant = c
+        base = f"benchmarks/{model}/{weights}/{hook}"
+        out += [f"{base}/train_saes/{variant}-group{g}.tsv" for g in range(n_groups())]
+        out.append(f"{base}/stability_census/{variant}.tsv")
+        if c in function_configs():
+            out += [f"{base}/{s}/{variant}.tsv" for s in ("masking", "surface_stats")]
+        if config["geometry"]["enabled"]:
+            out.append(f"{base}/geometry/{variant}.tsv")
+        if c in pool_configs():
+            out.append(f"{base}/pool_saes/{variant}.tsv")
+    return out
 
 
 def all_targets():

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from . import resampling
+from . import io, resampling
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = (
     "reproduced", "not reproduced", "inconclusive", "not run")
@@ -706,6 +707,26 @@ def _status(r: Row) -> str:
     return f"{', '.join(sorted(set(health)))}; {', '.join(sorted(set(conv)))}"
 
 
+def compute_time(benchmarks: Sequence[str | Path]) -> dict[str, Any]:
+    """Wall seconds of the jobs that keep a Snakemake benchmark record, summed per rule.
+
+    ``benchmarks/<model>/<weights>/<hook>/<rule>/<name>.tsv`` or ``.../<hook>/<rule>.tsv``; the
+    first column (``s``) of every row is summed (a benchmarked rule may repeat its run).
+    """
+    per_rule: dict[str, float] = {}
+    for f in map(Path, benchmarks):
+        rel = f.parts[f.parts.index("benchmarks") + 4:] if "benchmarks" in f.parts else f.parts
+        rule = Path(rel[0]).stem if rel else f.stem
+        try:
+            table = pd.read_csv(f, sep="\t")
+        except (OSError, ValueError) as err:
+            raise io.InputError(f"{f}: unreadable Snakemake benchmark record ({err}); delete it "
+                                f"and rerun the job that writes it") from err
+        per_rule[rule] = per_rule.get(rule, 0.0) + float(table.iloc[:, 0].sum())
+    return {"total_seconds": sum(per_rule.values()), "n_jobs": len(benchmarks),
+            "per_rule_seconds": dict(sorted(per_rule.items(), key=lambda kv: -kv[1]))}
+
+
 def data_splits(study: Study) -> dict[str, Any]:
     """Per model: documents and tokens of the train and eval splits (``tokens/split.json``)."""
     out: dict[str, Any] = {}
@@ -721,7 +742,8 @@ def data_splits(study: Study) -> dict[str, Any]:
 
 
 def to_markdown(rows: Sequence[Row], title: str = "Summary of the study",
-                data: Mapping[str, Any] | None = None) -> str:
+                data: Mapping[str, Any] | None = None,
+                compute: Mapping[str, Any] | None = None) -> str:
     lines = [
         f"# {title}", "",
         "Generated from this run's outputs by `saestab.summary`. Intervals are 95% and come from "
@@ -737,6 +759,12 @@ def to_markdown(rows: Sequence[Row], title: str = "Summary of the study",
         f"{split} split {v.get('n_text_tokens')} tokens in {v.get('n_contexts')} contexts from "
         f"{v.get('n_documents_used')} documents" for split, v in splits.items())
         for model, splits in (data or {}).items()]
+    if compute:
+        parts = ", ".join(f"{rule} {sec:,.0f} s" for rule, sec in
+                          compute["per_rule_seconds"].items())
+        lines[2:2] = [f"Compute: {compute['total_seconds']:,.0f} s of job time over "
+                      f"{compute['n_jobs']} benchmarked jobs ({parts}); from `benchmarks/`, this "
+                      "run's machine.", ""]
     if data_lines:
         lines[2:2] = ["Data:", *data_lines, ""]
     for r in rows:
@@ -768,5 +796,7 @@ def _iv(v: Any) -> str:
     return str(v)
 
 
-def to_json(rows: Sequence[Row], data: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    return {"rows": [asdict(r) for r in rows], "data": dict(data or {})}
+def to_json(rows: Sequence[Row], data: Mapping[str, Any] | None = None,
+            compute: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {"rows": [asdict(r) for r in rows], "data": dict(data or {}),
+            "compute": dict(compute or {})}

@@ -16,9 +16,10 @@ study = summary.Study(configs, synthetic=list(sm.params.synthetic),
                       tokens={Path(t).parent.name: Path(t) for t in sm.input.tokens})
 claims = summary.build(study)
 data = summary.data_splits(study)
+compute = summary.compute_time(sm.input.benchmarks)
 with io.atomic_path(sm.output.md) as tmp:
-    tmp.write_text(summary.to_markdown(claims, data=data), encoding="utf-8")
-io.write_json(sm.output.json, summary.to_json(claims, data))
+    tmp.write_text(summary.to_markdown(claims, data=data, compute=compute), encoding="utf-8")
+io.write_json(sm.output.json, summary.to_json(claims, data, compute))
 for c in claims:
     log.info("%s (%s): %s%s (%s)", c.id, c.kind, c.verdict,
              "" if c.reason is None else f" [{c.reason}]",
