@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from saestab import activations
+from saestab.activations import write_cache, write_subset
 from saestab.io import InputError
 
 HOOK = "blocks.1.hook_resid_post"
@@ -124,3 +125,22 @@ def test_forward_shape_mismatch_is_reported(tmp_path):
     with pytest.raises(RuntimeError, match="forward returned shape"):
         activations.write_cache(tmp_path / "c", lambda t: torch.zeros(t.shape[0], 4),
                                 _contexts(n=2), d=4, bos_token_id=BOS)
+
+
+def test_write_subset_keeps_rows_and_recomputes_statistics(tmp_path) -> None:
+    table = torch.randn(50, 6, generator=torch.Generator().manual_seed(0))
+    ctx = np.random.default_rng(0).integers(0, 50, (20, 10))
+    full = write_cache(tmp_path / "full", lambda ids: table[ids], ctx, d=6, bos_token_id=None,
+                       outlier_factor=None, shard_tokens=64)
+    rows = np.nonzero(full.positions()[:, 0] % 3 != 0)[0]  # drop every third context
+    sub = write_subset(full, rows[::-1], tmp_path / "sub", shard_tokens=50)
+    assert sub.n_tokens == len(rows) and sub.n_shards == -(-len(rows) // 50)
+    assert np.array_equal(sub.load(), full.rows(rows))
+    assert np.array_equal(sub.token_ids(), full.token_ids()[rows])
+    assert np.array_equal(sub.positions(), full.positions()[rows])
+    x = full.rows(rows).astype(np.float64)
+    assert sub.stats.mean == pytest.approx(x.mean(0))
+    assert sub.stats.mean_sq_norm == pytest.approx((x ** 2).sum(1).mean())
+    assert sub.stats.mean_sq_norm != pytest.approx(full.stats.mean_sq_norm)
+    with pytest.raises(ValueError, match="subset"):
+        write_subset(full, np.array([full.n_tokens]), tmp_path / "bad")

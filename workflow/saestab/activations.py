@@ -347,3 +347,38 @@ def write_cache(
         }
         io.write_json(tmp / "header.json", header)
     return ActivationCache.open(out_dir)
+
+
+def write_subset(cache: ActivationCache, rows: np.ndarray, out_dir: str | Path,
+                 shard_tokens: int = 1 << 16) -> ActivationCache:
+    """A cache holding ``rows`` (global row indices, kept in increasing order) of ``cache``, with
+    its statistics recomputed over them; e.g. the training split less some held-out contexts."""
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    if len(rows) == 0 or rows[0] < 0 or rows[-1] >= cache.n_tokens:
+        raise ValueError(f"rows must be a non-empty subset of 0..{cache.n_tokens - 1}")
+    with io.atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        shards = []
+        s1, s2 = np.zeros(cache.d), 0.0
+        norms = np.empty(len(rows), dtype=np.float32)
+        for si, lo in enumerate(range(0, len(rows), shard_tokens)):
+            block = cache.rows(rows[lo:lo + shard_tokens])
+            b64 = block.astype(np.float64)
+            s1 += b64.sum(0)
+            s2 += float(np.einsum("ij,ij->", b64, b64))
+            norms[lo:lo + len(block)] = np.linalg.norm(block, axis=1)
+            name = f"acts-{si:05d}.npy"
+            np.save(tmp / name, block.astype(cache.dtype))
+            shards.append({"file": name, "n": int(len(block))})
+        mean, mean_sq = s1 / len(rows), s2 / len(rows)
+        stats = CacheStats(mean=mean, mean_sq_norm=mean_sq,
+                           centered_sq_norm=float(mean_sq - mean @ mean),
+                           median_norm=float(np.median(norms)))
+        np.save(tmp / "token_ids.npy", np.asarray(cache.token_ids())[rows])
+        np.save(tmp / "positions.npy", np.asarray(cache.positions())[rows])
+        np.save(tmp / "contexts.npy", np.asarray(cache.contexts()))
+        header = {**cache.header, "n_tokens": int(len(rows)), "shards": shards,
+                  "stats": stats.to_json(), "subset_of": str(cache.path)}
+        io.write_json(tmp / "header.json", header)
+    return ActivationCache.open(out_dir)
+
