@@ -89,10 +89,17 @@ class ShuffledStream:
 
     def read(self, window: Window) -> torch.Tensor:
         """The rows of ``window`` in their shuffled order, scaled, on the device."""
-        parts = [self.cache.load(int(b) * self.block, (int(b) + 1) * self.block)
-                 for b in window.blocks]
-        rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        x = torch.from_numpy(rows[self._permutation(window, len(rows))])
+        sizes = np.minimum(self.block, self.n - window.blocks * self.block)
+        # scatter each block straight to its shuffled positions: one window-sized buffer
+        dest = np.empty(int(sizes.sum()), dtype=np.int64)
+        dest[self._permutation(window, len(dest))] = np.arange(len(dest))
+        out = np.empty((len(dest), self.cache.d), dtype=np.float32)
+        pos = 0
+        for b, size in zip(window.blocks, sizes, strict=True):
+            out[dest[pos:pos + size]] = self.cache.load(int(b) * self.block,
+                                                        int(b) * self.block + int(size))
+            pos += int(size)
+        x = torch.from_numpy(out)
         if self.scale != 1.0:
             x.mul_(self.scale)
         if self.device.type == "cuda":
