@@ -13,9 +13,9 @@ Two savings over the naive loop over ordered pairs:
 * stacking: a chunk of anchor ``a``'s rows is multiplied against a contiguous block of several
   reference SAEs at once (one larger GEMM instead of several small ones).
 
-The default stacks because it measured faster on CPU, most where one pair's product is small;
-``bench/stability_scaling.py --compare-blocking`` measures both. (On a GPU, where a single small
-product would underfill the device, it has not been measured.)
+The default stacks, for fewer and larger GEMMs; whether that pays depends on the machine and
+the thread count, and ``bench/stability_scaling.py --compare-blocking`` measures it (not yet on
+a GPU, where a single small product would underfill the device).
 
 Stored tables are compact: float16 maxima (spacing 4.9e-4 near 0.7, so a cosine within 2.4e-4 of
 ``theta`` may land on either side of it) and int32 argmax indices.
@@ -163,7 +163,8 @@ def _matmul_into(x: torch.Tensor, refs: torch.Tensor, out: torch.Tensor) -> torc
     """``out = x @ refs.T`` for 2-D float32 tensors (``out`` contiguous).
 
     On CPU the product goes through numpy's BLAS (OpenBLAS in the numpy wheels), chosen over
-    torch's CPU build on measured speed for these block shapes; ``bench/stability_scaling.py
+    torch's CPU build for speed on these block shapes in multi-threaded runs; which is faster
+    depends on the machine and the thread count, and ``bench/stability_scaling.py
     --compare-kernels`` compares the two. Other devices use torch.
     """
     if out.device.type == "cpu":
