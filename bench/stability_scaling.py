@@ -18,10 +18,16 @@ allocation (numpy, torch, scipy) the run makes on top of the inputs. "tracemallo
 the allocations Python's tracemalloc sees (numpy and Python objects; not torch's or scipy's C++
 buffers), for reference. Directions are random unit vectors (seeded).
 
+``--compare-blocking`` times ``pairwise_max_cosine`` with one reference SAE per GEMM against
+stacked references (the default). ``--compare-kernels`` times the two CPU kernels inside it
+against their plain torch forms: the block product (numpy's BLAS, as ``_matmul_into`` does,
+vs ``torch.mm``) and the column maximum of a block (``_column_max`` vs ``torch.max(dim=0)``).
+
 Usage:
   python bench/stability_scaling.py --quick
   python bench/stability_scaling.py --seeds 8 16 32 --sizes 2048 4096 16384
   python bench/stability_scaling.py --compare-blocking   # one pair per GEMM vs stacked
+  python bench/stability_scaling.py --compare-kernels    # numpy vs torch product, column max
 """
 
 from __future__ import annotations
@@ -43,7 +49,13 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
-from saestab.matching import DEFAULT_MAX_BLOCK_BYTES, pairwise_max_cosine  # noqa: E402
+from saestab.matching import (  # noqa: E402
+    DEFAULT_MAX_BLOCK_BYTES,
+    MIN_STACK_ROWS,
+    _column_max,
+    _matmul_into,
+    pairwise_max_cosine,
+)
 from saestab.stability import label_fractions, stability_from_maxcos  # noqa: E402
 
 THETA, EPS = 0.7, 0.05
@@ -177,7 +189,51 @@ def compare_blocking(args: argparse.Namespace) -> None:
                 cpu[name].append(time.process_time() - c0)
         print(f"  S={S:3d} m={m:6d}: " + "; ".join(
             f"{k} wall {min(wall[k]):.2f} s, cpu {min(cpu[k]):.2f} s (runs wall "
-            f"{', '.join(f'{t:.2f}' for t in wall[k])})" for k in wall), flush=True)
+            f"{', '.join(f'{t:.2f}' for t in wall[k])})" for k in wall)
+            + f"; stacked / 1 per GEMM: wall {min(wall['stacked']) / min(wall['1 per GEMM']):.2f}"
+            f", cpu {min(cpu['stacked']) / min(cpu['1 per GEMM']):.2f}", flush=True)
+
+
+def best_time(fn, repeats: int) -> float:
+    """Shortest wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def compare_kernels(args: argparse.Namespace) -> None:
+    """The CPU kernels of pairwise_max_cosine against plain torch, on one cosine block of
+    MIN_STACK_ROWS anchor rows x max_block_bytes of reference columns (float32)."""
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    rows = MIN_STACK_ROWS
+    cols = args.max_block_bytes // (4 * rows)
+    blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    print(f"kernel comparison on {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; torch threads "
+          f"{torch.get_num_threads()}; numpy BLAS {blas.get('name', '?')} "
+          f"{blas.get('version', '')}, torch MKL {torch.backends.mkl.is_available()}; "
+          f"best of {args.repeats} after a warm-up")
+    rng = np.random.default_rng(args.seed)
+    x = torch.from_numpy(rng.standard_normal((rows, args.d), dtype=np.float32))
+    refs = torch.from_numpy(rng.standard_normal((cols, args.d), dtype=np.float32))
+    out = torch.empty(rows, cols)
+    n = rows * cols
+    t_np = best_time(lambda: _matmul_into(x, refs, out), args.repeats)
+    t_torch = best_time(lambda: torch.mm(x, refs.T, out=out), args.repeats)
+    print(f"  product ({rows} x {args.d}) @ ({args.d} x {cols}): numpy "
+          f"{t_np / n * 1e9:.1f} ns, torch.mm {t_torch / n * 1e9:.1f} ns per output element "
+          f"(torch / numpy {t_torch / t_np:.2f})")
+    t_max = best_time(lambda: out.max(dim=0), args.repeats)
+    t_col = best_time(lambda: _column_max(out), args.repeats)
+    if not torch.equal(out.max(dim=0).values, _column_max(out)[0]):
+        raise RuntimeError("_column_max disagrees with torch.max(dim=0)")
+    print(f"  column max of the {rows} x {cols} block ({mib(out.nbytes)} MiB): "
+          f"torch.max(dim=0) {t_max / n * 1e9:.1f} ns, _column_max {t_col / n * 1e9:.1f} ns "
+          f"per element (torch.max / _column_max {t_max / t_col:.2f})", flush=True)
 
 
 def main() -> None:
@@ -199,7 +255,9 @@ def main() -> None:
                         "products of both ours and the baseline, follows OPENBLAS_NUM_THREADS")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare-blocking", action="store_true")
-    p.add_argument("--repeats", type=int, default=2, help="for --compare-blocking")
+    p.add_argument("--compare-kernels", action="store_true")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="for --compare-blocking and --compare-kernels")
     p.add_argument("--worker", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     p.add_argument("--S", type=int, help=argparse.SUPPRESS)
     p.add_argument("--m", type=int, help=argparse.SUPPRESS)
@@ -207,8 +265,11 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    if args.compare_blocking:
-        compare_blocking(args)
+    if args.compare_blocking or args.compare_kernels:
+        if args.compare_kernels:
+            compare_kernels(args)
+        if args.compare_blocking:
+            compare_blocking(args)
         return
     grid = QUICK if args.quick else list(itertools.product(args.seeds, args.sizes))
     if args.quick:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import re
@@ -12,14 +13,15 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats
 
 from saestab import autointerp as ai
 from saestab.io import InputError
-from saestab.stability import wilson_interval
 
 from .conftest import REPO
 
@@ -32,8 +34,9 @@ class FakeLLM:
 
     Explanation requests are answered from ``explanations[(anchor, feature)]`` (the feature is
     read from its contexts, which the fixture writes as ``a{anchor}f{feature}``); classification
-    requests from ``classes[explanation]``. ``script`` is a list of (status, headers) played
-    before normal answers; ``fail_after`` makes every request after that many successes a 500.
+    requests from ``classes[explanation]``. ``script`` is a list of (status, headers) or
+    (status, headers, body) played before normal answers; ``fail_after`` makes every request
+    after that many successes a 500. Clients made by :func:`client_for` are closed with it.
     """
 
     def __init__(self) -> None:
@@ -44,6 +47,7 @@ class FakeLLM:
         self.fail_after: int | None = None
         self.delay = 0.0
         self.n_ok = 0
+        self.clients: list[ai.ChatClient] = []
         self.lock = threading.Lock()
         fake = self
 
@@ -62,12 +66,14 @@ class FakeLLM:
                 if delay:
                     time.sleep(delay)
                 if scripted or failing:
-                    status, headers = scripted or (500, {})
+                    status, headers, *body = scripted or (500, {})
+                    out = body[0] if body else b'{"error": {"message": "canned failure"}}'
                     self.send_response(status)
                     for k, v in headers.items():
                         self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(out)))
                     self.end_headers()
-                    self.wfile.write(b'{"error": {"message": "canned failure"}}')
+                    self.wfile.write(out)
                     return
                 text = fake.answer(body["messages"])
                 with fake.lock:
@@ -82,7 +88,7 @@ class FakeLLM:
                 self.wfile.write(out)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
@@ -102,15 +108,22 @@ class FakeLLM:
         return sum(r["body"]["messages"][0]["content"] == system for r in self.requests)
 
     def close(self) -> None:
+        for client in self.clients:
+            client.close()
         self.server.shutdown()
         self.server.server_close()
 
 
 @pytest.fixture
-def llm(monkeypatch):
+def no_proxy(monkeypatch):
+    """Requests to 127.0.0.1 go there directly, whatever proxy the environment names."""
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
                 "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def llm(no_proxy):
     fake = FakeLLM()
     yield fake
     fake.close()
@@ -119,8 +132,10 @@ def llm(monkeypatch):
 def client_for(fake: FakeLLM, sleeps: list | None = None, **kw) -> ai.ChatClient:
     cfg = dict(endpoint=fake.endpoint, model="test-model", api_key_env=KEY_ENV, timeout=5.0,
                retries=3, backoff=0.5, max_backoff=10.0, temperature=0.0, seed=7) | kw
-    return ai.ChatClient(ai.ClientConfig(**cfg),
-                         sleep=(sleeps.append if sleeps is not None else lambda s: None))
+    client = ai.ChatClient(ai.ClientConfig(**cfg),
+                           sleep=(sleeps.append if sleeps is not None else lambda s: None))
+    fake.clients.append(client)
+    return client
 
 
 def contexts_table(n_stable: int = 10, n_unstable: int = 10, n_contexts: int = 4,
@@ -237,26 +252,79 @@ def test_persistent_failure_names_the_endpoint(llm):
     assert llm.count() == 3 and sleeps == [0.5, 1.0]
 
 
-def test_client_error_is_not_retried(llm):
-    llm.script = [(401, {})]
-    client = client_for(llm)
-    with pytest.raises(ai.AutoInterpError, match="rejected the request.*HTTP 401"):
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_client_error_is_not_retried(llm, status):
+    llm.script = [(status, {"Retry-After": "1"}, b'{"error": {"message": "bad max_tokens"}}')]
+    sleeps: list[float] = []
+    client = client_for(llm, sleeps)
+    with pytest.raises(ai.AutoInterpError, match=re.escape(llm.endpoint + "/chat/completions")
+                       + rf" rejected the request \(HTTP {status} .*bad max_tokens") as err:
         client.complete(client.payload([{"role": "user", "content": "x"}], 5))
-    assert llm.count() == 1
+    assert isinstance(err.value.__cause__, httpx.HTTPStatusError)
+    assert llm.count() == 1 and client.n_attempts == 1 and sleeps == []
 
 
-def test_connection_refused_fails_after_retries():
+@pytest.mark.parametrize("status, retry_after, wait", [
+    (429, "3", 3.0),  # longer than the backoff (0.5): the server's wait
+    (503, "3", 3.0),  # honoured on a 5xx as well
+    (429, "0.2", 0.5),  # shorter than the backoff: the backoff
+    (429, "120", 10.0),  # capped at max_backoff
+    (429, "soon", 0.5),  # unreadable: the backoff
+])
+def test_retry_after_sets_the_wait(llm, status, retry_after, wait):
+    llm.script = [(status, {"Retry-After": retry_after})]
+    sleeps: list[float] = []
+    client = client_for(llm, sleeps)
+    assert client.complete(client.payload([{"role": "user", "content": "x"}], 5))
+    assert llm.count() == 2 and sleeps == [wait]
+
+
+def test_retry_after_as_http_date(llm):
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    llm.script = [(429, {"Retry-After": when})]
+    sleeps: list[float] = []
+    client = client_for(llm, sleeps, max_backoff=60.0)
+    assert client.complete(client.payload([{"role": "user", "content": "x"}], 5))
+    assert len(sleeps) == 1 and 25.0 < sleeps[0] <= 30.0  # the date has whole seconds
+
+
+def test_timeouts_exhausted_name_the_timeout(llm):
+    llm.delay = 1.0
+    client = client_for(llm, timeout=0.2, retries=0)
+    with pytest.raises(ai.AutoInterpError, match="failed after 1 attempts; last error: "
+                                                 "ReadTimeout"):
+        client.complete(client.payload([{"role": "user", "content": "x"}], 5))
+
+
+def test_redirect_and_invalid_json_are_errors(llm):
+    llm.script = [(307, {"Location": "http://elsewhere.invalid/v1/chat/completions"})]
+    client = client_for(llm)
+    with pytest.raises(ai.AutoInterpError, match="rejected the request \\(HTTP 307 Temporary "
+                                                 "Redirect to http://elsewhere.invalid/"):
+        client.complete(client.payload([{"role": "user", "content": "x"}], 5))
+    llm.script = [(200, {"Content-Type": "application/json"}, b"<html>not json</html>")]
+    with pytest.raises(ai.AutoInterpError, match="answered with invalid JSON: b'<html>"):
+        client.complete(client.payload([{"role": "user", "content": "x"}], 5))
+    llm.script = [(200, {"Content-Type": "application/json"}, b'{"choices": []}')]
+    with pytest.raises(ai.AutoInterpError, match="expected choices\\[0\\].message.content"):
+        client.complete(client.payload([{"role": "user", "content": "x"}], 5))
+    assert llm.count() == 3
+
+
+def test_connection_refused_fails_after_retries(no_proxy):
     import socket
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     sleeps: list[float] = []
-    client = ai.ChatClient(ai.ClientConfig(endpoint=f"http://127.0.0.1:{port}/v1", model="m",
-                                           retries=2, backoff=1.0), sleep=sleeps.append)
-    with pytest.raises(ai.AutoInterpError, match=f"127.0.0.1:{port}/v1/chat/completions failed "
-                                                 "after 3 attempts"):
+    cfg = ai.ClientConfig(endpoint=f"http://127.0.0.1:{port}/v1", model="m", retries=2,
+                          backoff=1.0)
+    with ai.ChatClient(cfg, sleep=sleeps.append) as client, \
+            pytest.raises(ai.AutoInterpError, match=f"127.0.0.1:{port}/v1/chat/completions "
+                                                    "failed after 3 attempts; last error: "
+                                                    "ConnectError"):
         client.complete(client.payload([{"role": "user", "content": "x"}], 5))
-    assert sleeps == [1.0, 2.0]
+    assert sleeps == [1.0, 2.0] and client.n_attempts == 3
 
 
 def test_unset_endpoint_is_a_clear_error():
@@ -285,8 +353,8 @@ def test_summary_numbers_on_planted_answers(llm, tmp_path):
     assert st["surface_share"] == pytest.approx(0.2)
     assert un["surface_share"] == pytest.approx(7 / 9)
     assert s["unstable_minus_stable"] == pytest.approx(7 / 9 - 0.2)
-    lo, hi = wilson_interval(7, 9)
-    assert (un["ci_low"], un["ci_high"]) == (pytest.approx(float(lo)), pytest.approx(float(hi)))
+    ci = stats.binomtest(7, 9).proportion_ci(method="wilson")
+    assert (un["ci_low"], un["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
     assert 0.4 < un["ci_low"] < 0.5 and 0.93 < un["ci_high"] < 0.97  # Wilson (7, 9)
     # outputs written atomically; nothing else left in the folder but the cache
     ai.write_outputs(table, s, tmp_path / "explanations.parquet", tmp_path / "summary.json")

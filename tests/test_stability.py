@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 
 from saestab import stability as st
 from saestab.matching import pairwise_max_cosine
@@ -126,6 +127,43 @@ def test_clopper_pearson_known_values():
     wl, wh = st.wilson_interval(np.arange(11), 10)
     cl, ch = st.clopper_pearson_interval(np.arange(11), 10)
     assert (cl <= wl + 1e-12).all() and (ch >= wh - 1e-12).all()
+
+
+GRID = [(x, n) for n in (*range(0, 13), 19, 40, 97) for x in range(n + 1)]
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.1, 0.01])
+@pytest.mark.parametrize("ours, method", [(st.wilson_interval, "wilson"),
+                                          (st.clopper_pearson_interval, "exact")])
+def test_intervals_agree_with_scipy_binomtest(ours, method, alpha):
+    # one call on the whole grid (shuffled, as a 2-D array) against scipy one (x, n) at a time,
+    # x = 0 and x = n included; n = 0 has no binomtest and gives (0, 1)
+    rng = np.random.default_rng(1)
+    grid = np.array(GRID)[rng.permutation(len(GRID))]
+    x, n = grid[:, 0].reshape(-1, 2), grid[:, 1].reshape(-1, 2)  # GRID has 250 entries
+    lo, hi = ours(x, n, alpha)
+    assert lo.shape == hi.shape == x.shape
+    want = np.array([(0.0, 1.0) if m == 0 else tuple(
+        stats.binomtest(int(k), int(m)).proportion_ci(1 - alpha, method=method))
+        for k, m in grid])
+    # scipy's exact bounds come from a root search (xtol 2e-12), ours from beta quantiles
+    np.testing.assert_allclose(lo.ravel(), want[:, 0], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(hi.ravel(), want[:, 1], rtol=0, atol=1e-10)
+    assert (lo.ravel()[grid[:, 0] == 0] == 0.0).all()
+    assert (hi.ravel()[grid[:, 0] == grid[:, 1]] == 1.0).all()
+    assert ours(0, 0, alpha) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("ours", [st.wilson_interval, st.clopper_pearson_interval])
+def test_intervals_reject_impossible_counts(ours):
+    with pytest.raises(ValueError, match="whole counts"):
+        ours(2.5, 10)
+    with pytest.raises(ValueError, match="0 <= x <= n"):
+        ours(np.array([3, 11]), 10)
+    with pytest.raises(ValueError, match="0 <= x <= n"):
+        ours(-1, 10)
+    lo, hi = ours(np.array([], dtype=np.int64), 10)
+    assert lo.shape == hi.shape == (0,)
 
 
 def test_interval_choice_in_table():

@@ -78,6 +78,35 @@ def test_pair_bootstrap():
     np.fill_diagonal(v, np.nan)
     s = subspaces.pair_bootstrap(v, n_boot=500)
     assert s["ci_low"] < s["mean"] < s["ci_high"]
+    # S = 3: about 1 resample in 9 draws a single seed and has no pair; it is skipped, so the
+    # interval stays finite, within the range of the pair values
+    v = np.array([[np.nan, 1.0, 2.0], [3.0, np.nan, 4.0], [5.0, 6.0, np.nan]])
+    s = subspaces.pair_bootstrap(v, n_boot=2000)
+    assert 1.0 <= s["ci_low"] < s["mean"] == 3.5 < s["ci_high"] <= 6.0
+
+
+def test_seed_bootstrap():
+    v = np.arange(10.0)
+    s = subspaces.seed_bootstrap(v, n_boot=20000, seed=3)
+    assert s["mean"] == 4.5 and s["n"] == 10 and s["std"] == pytest.approx(np.std(v, ddof=1))
+    # the percentile interval of a mean of 10 values is close to mean ± z·sd/√n (plug-in sd)
+    half = 1.96 * np.std(v) / np.sqrt(10)
+    assert s["ci_low"] == pytest.approx(4.5 - half, abs=0.1)
+    assert s["ci_high"] == pytest.approx(4.5 + half, abs=0.1)
+    w = np.sqrt(v)  # means of resamples of 0..9 fall on a grid of 0.1, often on the same one
+    assert subspaces.seed_bootstrap(w, n_boot=500, seed=3) == \
+        subspaces.seed_bootstrap(w, n_boot=500, seed=3)
+    assert subspaces.seed_bootstrap(w, n_boot=500, seed=4)["ci_low"] != \
+        subspaces.seed_bootstrap(w, n_boot=500, seed=3)["ci_low"]
+    narrow = subspaces.seed_bootstrap(v, n_boot=20000, seed=3, alpha=0.5)
+    assert s["ci_low"] < narrow["ci_low"] < 4.5 < narrow["ci_high"] < s["ci_high"]
+    # non-finite values dropped; constant values give a zero-width interval; one value, none
+    s = subspaces.seed_bootstrap([1.0, np.nan, 3.0, np.inf])
+    assert s["n"] == 2 and s["mean"] == 2.0 and 1.0 <= s["ci_low"] < s["ci_high"] <= 3.0
+    s = subspaces.seed_bootstrap([0.25] * 4)
+    assert s["ci_low"] == s["ci_high"] == 0.25
+    s = subspaces.seed_bootstrap([0.25])
+    assert s["n"] == 1 and np.isnan(s["ci_low"]) and np.isnan(s["ci_high"])
 
 
 # ------------------------------------------------------------------------------------------

@@ -7,10 +7,10 @@ that comes back is then classified by the same endpoint as describing a *surface
 surface-form explanations, stable vs unstable and trained vs random weights, is the auto-interp
 side of claim C4; the offline token-level measures do not depend on it.
 
-The client uses only the standard library (``urllib``): one POST with JSON in and out does not
-justify a dependency in the analysis environment, and its retry and timeout behaviour stays
-explicit and testable against a loopback server. The API key is read from an environment
-variable whose *name* is configured; the key itself is never written anywhere.
+Requests go through httpx (timeouts, connection reuse, proxies from the environment) and are
+retried by tenacity on 429, 5xx and failures to connect or receive, waiting at least as long as
+a Retry-After header asks. The API key is read from an environment variable whose *name* is
+configured; the key itself is never written anywhere.
 
 Every finished request is appended to a JSONL cache keyed by (anchor, feature, kind, prompt
 hash), so an interrupted run asks again only what it had not received.
@@ -18,21 +18,22 @@ hash), so an interrupted run asks again only what it had not received.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
-import http.client
 import json
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
+import tenacity
 
 from . import io, logs
 from .stability import wilson_interval
@@ -104,17 +105,47 @@ def chat_url(endpoint: str) -> str:
     return url if url.endswith("/chat/completions") else f"{url}/chat/completions"
 
 
-def _retry_after(err: urllib.error.HTTPError) -> float | None:
-    value = err.headers.get("Retry-After") if err.headers is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds a response's Retry-After header asks to wait (delta-seconds or an HTTP date;
+    None when absent or unreadable)."""
+    value = response.headers.get("Retry-After")
+    if value is None:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def transient(err: BaseException) -> bool:
+    """Whether a failed request is worth another try: HTTP 429, a 5xx, or a transport failure
+    (connecting, sending, receiving, timeouts). Other statuses mean the request itself is wrong."""
+    if isinstance(err, httpx.HTTPStatusError):
+        code = err.response.status_code
+        return code == 429 or code >= 500
+    return isinstance(err, httpx.TransportError)
+
+
+def describe(err: BaseException) -> str:
+    """One line for an error: the status, reason and start of the body, or the failure."""
+    if isinstance(err, httpx.HTTPStatusError):
+        r = err.response
+        moved = f" to {r.headers['Location']}" if r.is_redirect else ""
+        return f"HTTP {r.status_code} {r.reason_phrase}{moved}: {r.text[:300]}"
+    return f"{type(err).__name__}: {err}"
 
 
 class ChatClient:
-    """A minimal chat-completions client: JSON POST, timeout, retries with exponential backoff
-    on 429, 5xx and connection errors, and errors that name the endpoint.
+    """A chat-completions client: JSON POST, timeout, retries with exponential backoff on 429,
+    5xx and transport errors (lengthened to Retry-After, capped at ``max_backoff``), and errors
+    that name the endpoint. Close it, or use it as a context manager, to release connections.
 
     ``sleep`` and ``environ`` are injectable for tests.
     """
@@ -124,13 +155,30 @@ class ChatClient:
         self.cfg = cfg
         self.url = chat_url(cfg.endpoint)
         env = os.environ if environ is None else environ
-        self._api_key = env.get(cfg.api_key_env) if cfg.api_key_env else None
-        self._sleep = sleep
+        api_key = env.get(cfg.api_key_env) if cfg.api_key_env else None
         self.n_attempts = 0
         self.log = logs.get_logger("autointerp")
-        if cfg.api_key_env and not self._api_key:
+        if cfg.api_key_env and not api_key:
             self.log.warning("environment variable %s is not set: requests to %s carry no "
                              "Authorization header", cfg.api_key_env, self.url)
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._http = httpx.Client(headers=headers, timeout=cfg.timeout)
+        self._backoff = tenacity.wait_exponential(multiplier=cfg.backoff, max=cfg.max_backoff)
+        self._retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(cfg.retries + 1), wait=self._wait,
+            retry=tenacity.retry_if_exception(transient), sleep=sleep,
+            before_sleep=self._log_retry)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def payload(self, messages: Sequence[Mapping[str, str]], max_tokens: int) -> dict[str, Any]:
         """The request body: deterministic settings (temperature, and a seed when set)."""
@@ -145,46 +193,42 @@ class ChatClient:
         blob = json.dumps({"url": self.url, "body": body}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _post(self, data: bytes) -> bytes:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=self.cfg.timeout) as resp:
-            return resp.read()
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        # tenacity has no Retry-After strategy that keeps the backoff as a floor and the cap
+        wait = self._backoff(state)
+        err = state.outcome.exception() if state.outcome else None
+        hint = retry_after(err.response) if isinstance(err, httpx.HTTPStatusError) else None
+        return wait if hint is None else min(max(wait, hint), self.cfg.max_backoff)
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        err = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        self.log.warning("%s: %s; retry %d/%d in %.1fs", self.url, describe(err),
+                         state.attempt_number, self.cfg.retries, wait)
+
+    def _send(self, data: bytes) -> httpx.Response:
+        self.n_attempts += 1
+        return self._http.post(self.url, content=data).raise_for_status()
 
     def post(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST ``body``; retry transient failures; return the decoded JSON response."""
         data = json.dumps(body).encode()
-        attempts = self.cfg.retries + 1
-        last = ""
-        for attempt in range(attempts):
-            wait = min(self.cfg.backoff * 2**attempt, self.cfg.max_backoff)
-            self.n_attempts += 1
-            try:
-                raw = self._post(data)
-            except urllib.error.HTTPError as err:
-                detail = err.read()[:300].decode(errors="replace")
-                last = f"HTTP {err.code} {err.reason}: {detail}"
-                if err.code != 429 and err.code < 500:
-                    raise AutoInterpError(f"{self.url} rejected the request ({last})") from err
-                hint = _retry_after(err)
-                if hint is not None:
-                    wait = min(max(wait, hint), self.cfg.max_backoff)
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-                reason = getattr(err, "reason", err)
-                last = f"{type(err).__name__}: {reason}"
-            else:
-                try:
-                    return json.loads(raw)
-                except json.JSONDecodeError as err:
-                    raise AutoInterpError(f"{self.url} answered with invalid JSON: "
-                                          f"{raw[:200]!r}") from err
-            if attempt + 1 < attempts:
-                self.log.warning("%s: %s; retry %d/%d in %.1fs", self.url, last, attempt + 1,
-                                 self.cfg.retries, wait)
-                self._sleep(wait)
-        raise AutoInterpError(f"{self.url} failed after {attempts} attempts; last error: {last}")
+        try:
+            resp = self._retrying(self._send, data)
+        except tenacity.RetryError as err:
+            last = err.last_attempt
+            raise AutoInterpError(f"{self.url} failed after {last.attempt_number} attempts; "
+                                  f"last error: {describe(last.exception())}"
+                                  ) from last.exception()
+        except httpx.HTTPStatusError as err:
+            raise AutoInterpError(f"{self.url} rejected the request ({describe(err)})") from err
+        except httpx.HTTPError as err:  # not retried: e.g. an invalid URL, a bad encoding
+            raise AutoInterpError(f"{self.url}: {describe(err)}") from err
+        try:
+            return resp.json()
+        except ValueError as err:
+            raise AutoInterpError(f"{self.url} answered with invalid JSON: "
+                                  f"{resp.content[:200]!r}") from err
 
     def complete(self, body: Mapping[str, Any]) -> str:
         """The text of the first choice of a chat completion."""

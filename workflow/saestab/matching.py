@@ -13,15 +13,9 @@ Two savings over the naive loop over ordered pairs:
 * stacking: a chunk of anchor ``a``'s rows is multiplied against a contiguous block of several
   reference SAEs at once (one larger GEMM instead of several small ones).
 
-Stacking measured with ``bench/stability_scaling.py --compare-blocking`` (CPU, float32, d = 576,
-chunk_size 4096, 256 MiB blocks, best of 2 interleaved runs; a 2-core machine shared with other
-jobs, so numbers are noisy; "CPU" is process CPU time):
-
-* S = 6,  m = 1152: one reference SAE per GEMM 1.24 s wall / 1.20 s CPU; stacked 0.75 s / 0.74 s.
-* S = 16, m = 4096: one reference SAE per GEMM 41.5 s / 40.0 s; stacked 36.0 s / 35.2 s.
-
-So stacking is faster on CPU, most where one pair's product is small; the default stacks. (Not
-measured on a GPU, where a single small product would underfill the device.)
+The default stacks, for fewer and larger GEMMs; whether that pays depends on the machine and
+the thread count, and ``bench/stability_scaling.py --compare-blocking`` measures it (not yet on
+a GPU, where a single small product would underfill the device).
 
 Stored tables are compact: float16 maxima (spacing 4.9e-4 near 0.7, so a cosine within 2.4e-4 of
 ``theta`` may land on either side of it) and int32 argmax indices.
@@ -145,9 +139,9 @@ def _plan(m: int, n_ref: int, chunk_size: int, max_block_bytes: int,
 def _column_max(x: torch.Tensor, group: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """``x.max(dim=0)`` of a 2-D block (values, int64 indices), computed in two passes.
 
-    On CPU ``torch.max(dim=0)`` of a block larger than the cache ran at ~13 ns per element here,
-    ``amax`` at ~1 ns; so take ``amax`` over groups of ``group`` rows, pick the best group per
-    column and find the row inside it with a small gather (~2-3 ns per element in total).
+    On CPU ``torch.max(dim=0)`` of a block larger than the cache is much slower than
+    ``amax`` (``bench/stability_scaling.py --compare-kernels``); so take ``amax`` over groups of
+    ``group`` rows, pick the best group per column and find the row inside it with a small gather.
     """
     c, n = x.shape
     G = c // group
@@ -168,9 +162,10 @@ def _column_max(x: torch.Tensor, group: int = 16) -> tuple[torch.Tensor, torch.T
 def _matmul_into(x: torch.Tensor, refs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out = x @ refs.T`` for 2-D float32 tensors (``out`` contiguous).
 
-    On CPU the product goes through numpy's BLAS (OpenBLAS in the numpy wheels): for the
-    (1024 x 576) @ (576 x 65536) blocks used here it ran at ~13 ns per output element on this
-    project's AMD EPYC machine against 16-20 ns for torch's MKL build. Other devices use torch.
+    On CPU the product goes through numpy's BLAS (OpenBLAS in the numpy wheels), chosen over
+    torch's CPU build for speed on these block shapes in multi-threaded runs; which is faster
+    depends on the machine and the thread count, and ``bench/stability_scaling.py
+    --compare-kernels`` compares the two. Other devices use torch.
     """
     if out.device.type == "cpu":
         np.matmul(x.numpy(), refs.numpy().T, out=out.numpy())

@@ -32,26 +32,43 @@ _TOL = 1e-9
 # ------------------------------------------------------------------------------------------
 # binomial confidence intervals
 # ------------------------------------------------------------------------------------------
+def _counts(x: Any, n: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``n`` broadcast together as int64, checked to be whole counts."""
+    x, n = np.broadcast_arrays(np.asarray(x), np.asarray(n))
+    xi, ni = x.astype(np.int64), n.astype(np.int64)
+    if not (np.array_equal(xi, x) and np.array_equal(ni, n)):
+        raise ValueError("binomial intervals need whole counts x and n")
+    if np.any((xi < 0) | (xi > ni)):
+        raise ValueError("binomial intervals need 0 <= x <= n")
+    return xi, ni
+
+
 def wilson_interval(x: Any, n: Any, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval for ``x`` successes in ``n`` trials (vectorised; (0, 1) at n=0)."""
-    x = np.asarray(x, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    z = stats.norm.ppf(1 - alpha / 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = x / n
-        denom = 1 + z**2 / n
-        centre = (p + z**2 / (2 * n)) / denom
-        half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    low = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), 0.0)
-    high = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), 1.0)
-    return low, high
+    """Wilson score interval for ``x`` successes in ``n`` trials (arrays broadcast; (0, 1) at
+    n = 0), from :func:`scipy.stats.binomtest`.
+
+    binomtest takes one (x, n) at a time, so it is called once per distinct pair: a census has
+    only N + 1 of them however many features it counts.
+    """
+    x, n = _counts(x, n)
+    pairs, inverse = np.unique(np.stack([x.ravel(), n.ravel()], axis=1), axis=0,
+                               return_inverse=True)
+    bounds = np.array([(0.0, 1.0) if m == 0 else tuple(
+        stats.binomtest(k, m).proportion_ci(1 - alpha, method="wilson"))
+        for k, m in pairs.tolist()], dtype=np.float64).reshape(-1, 2)
+    low, high = bounds[inverse.ravel()].T
+    return low.reshape(x.shape), high.reshape(x.shape)
 
 
 def clopper_pearson_interval(x: Any, n: Any, alpha: float = 0.05
                              ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (Clopper–Pearson) interval from beta quantiles (vectorised; (0, 1) at n=0)."""
-    x = np.asarray(x, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
+    """Exact (Clopper–Pearson) interval (arrays broadcast; (0, 1) at n = 0).
+
+    Its bounds are beta quantiles, which scipy computes for whole arrays at once;
+    ``binomtest(...).proportion_ci(method="exact")`` finds the same bounds by root search, one
+    (x, n) at a time.
+    """
+    x, n = _counts(x, n)
     with np.errstate(divide="ignore", invalid="ignore"):
         low = stats.beta.ppf(alpha / 2, x, n - x + 1)
         high = stats.beta.ppf(1 - alpha / 2, x + 1, n - x)

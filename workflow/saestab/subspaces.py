@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import scipy.linalg
 import torch
+from scipy import stats
 
 from . import io, resampling
 from .activations import ActivationCache
@@ -221,6 +222,8 @@ def pair_bootstrap(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
     """Mean of an (S, S) matrix of ordered-pair values (NaN = not computed, e.g. the diagonal)
     with a percentile bootstrap interval over seeds: resample S seeds with replacement and
     average the values of all pairs of distinct resampled seeds."""
+    # By hand, not scipy.stats.bootstrap: a resample that draws one seed only has no pair to
+    # average and is skipped here, where scipy would put a NaN into the interval.
     v = np.asarray(values, dtype=np.float64)
     S = v.shape[0]
     ok = ~np.isnan(v)
@@ -246,16 +249,17 @@ def pair_bootstrap(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
 
 def seed_bootstrap(values: Sequence[float], n_boot: int = 1000, seed: int = 0,
                    alpha: float = 0.05) -> dict[str, float]:
-    """Mean of per-seed values with a percentile bootstrap interval over seeds."""
+    """Mean of per-seed values (non-finite ones dropped) with a percentile bootstrap interval
+    over seeds (:func:`scipy.stats.bootstrap`; NaN interval with fewer than two values)."""
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
     out = {"mean": float(v.mean()) if len(v) else float("nan"),
            "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"), "n": int(len(v)),
            "ci_low": float("nan"), "ci_high": float("nan")}
     if len(v) > 1:
-        rng = np.random.default_rng(seed)
-        boots = v[rng.integers(0, len(v), (n_boot, len(v)))].mean(axis=1)
-        out["ci_low"], out["ci_high"] = (float(q) for q in
-                                         np.quantile(boots, [alpha / 2, 1 - alpha / 2]))
+        ci = stats.bootstrap((v,), np.mean, n_resamples=n_boot, confidence_level=1 - alpha,
+                             method="percentile", rng=np.random.default_rng(seed)
+                             ).confidence_interval
+        out["ci_low"], out["ci_high"] = float(ci.low), float(ci.high)
     return out
 
 

@@ -10,16 +10,17 @@ from saestab import autointerp, logs
 sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
 cfg = sm.params.autointerp
-client = autointerp.ChatClient(autointerp.ClientConfig.from_config(cfg))
 out_dir = Path(sm.output.summary).parent
 cache = autointerp.RequestCache(out_dir / "requests.jsonl")
-log.info("%s, model %s; %d answers cached in %s", client.url, cfg["model"], len(cache),
-         cache.path)
 contexts = autointerp.read_contexts(sm.input.contexts)
-table, counts = autointerp.explain_features(
-    contexts, client, cache, labels=cfg["labels"], n_features=cfg["n_features"],
-    max_contexts=cfg["max_contexts"], seed=cfg["sample_seed"],
-    explain_max_tokens=cfg["explain_max_tokens"], classify_max_tokens=cfg["classify_max_tokens"])
+with autointerp.ChatClient(autointerp.ClientConfig.from_config(cfg)) as client:
+    log.info("%s, model %s; %d answers cached in %s", client.url, cfg["model"], len(cache),
+             cache.path)
+    table, counts = autointerp.explain_features(
+        contexts, client, cache, labels=cfg["labels"], n_features=cfg["n_features"],
+        max_contexts=cfg["max_contexts"], seed=cfg["sample_seed"],
+        explain_max_tokens=cfg["explain_max_tokens"],
+        classify_max_tokens=cfg["classify_max_tokens"])
 summary = autointerp.summarize(table, labels=cfg["labels"])
 summary.update(configuration=dict(sm.wildcards.items()), endpoint=client.url,
                llm_model=cfg["model"], requests=counts, attempts=client.n_attempts)
