@@ -13,7 +13,9 @@ dead share) and the group's stable / unstable shares are computed by the census'
 (``saestab.census.training_length``; theta and eps from config.yaml). A recipe has plateaued at
 the first budget B whose stable share is within ``--tolerance`` (0.02, SPEC's convergence gate)
 of the next budget's, 2B; its cost is the CPU seconds the main run took to reach B's fork plus
-B's decay branch. Recipes share everything but the keys given (defaults: config.yaml's variant).
+B's decay branch. A budget whose dead share (eval) exceeds ``--max-dead`` cannot be the plateau:
+latents that die also stop the stable share from moving. Recipes share everything but the keys
+given (defaults: config.yaml's variant).
 """
 
 from __future__ import annotations
@@ -83,7 +85,9 @@ def run_recipe(name: str, recipe: dict[str, Any], args: argparse.Namespace, trai
                      "seconds": stamps[fork] if budget != res.steps else wall})
     plateau = None
     for a, b in zip(rows, rows[1:], strict=False):
-        if abs(b["stable"] - a["stable"]) <= args.tolerance:
+        # a plateau of unhealthy SAEs is no plateau: dying latents also stop the stable share
+        healthy = max(a["dead"], b["dead"]) <= args.max_dead
+        if abs(b["stable"] - a["stable"]) <= args.tolerance and healthy:
             plateau = a
             break
     return {"recipe": recipe, "resolved": {k: getattr(rcfg, k) for k in
@@ -101,6 +105,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--epochs", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--tolerance", type=float, default=0.02)
+    ap.add_argument("--max-dead", type=float, default=None,
+                    help="dead share (eval) above which a budget is unhealthy and cannot be the "
+                         "plateau (default: config.yaml's summary.health)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -110,6 +117,8 @@ def main() -> None:
     base = {k: v for k, v in config["sae"]["variants"][args.variant].items()
             if k not in ("n_epochs", "n_tokens", "vary_data_seed")}
     stab = {"theta": config["stability"]["theta"], "eps": config["stability"]["eps"]}
+    if args.max_dead is None:
+        args.max_dead = config.get("summary", {}).get("health", {}).get("max_dead_fraction", 0.1)
     recipes = args.recipe or ["", "batch_size=128,lr=0.002"]
     train = ActivationCache.open(Path(args.cache) / "train")
     held = ActivationCache.open(Path(args.cache) / "eval")
