@@ -12,10 +12,10 @@ one epoch of the training cache, ~180k tokens; lr = our trainer's default for m)
 1. **Ours vs SAELens.** ``saestab.training.train_group`` (one seed) and SAELens's own
    ``SAETrainer`` + ``TopKTrainingSAE`` (in a subprocess in ``bench/.venv-saelens``, see
    ``bench/_saelens_runner.py``) on the same cached activations: same d / m / k / batch / steps /
-   learning rate / row order, the same input scale (unit mean squared norm, the factor from the
-   cache statistics; folded back into the weights afterwards) and the same number of torch
-   threads. Reported: training tokens/s of each (the training loop only: data gather, forward,
-   backward, optimiser step), the ratio ours / SAELens, and the explained variance
+   learning rate / row order, the same input scale (our trainer's, by default unit variance, a
+   factor from the cache statistics; folded back into the weights afterwards) and the same
+   number of torch threads. Reported: training tokens/s of each (the training loop only: data
+   gather, forward, backward, optimiser step), the ratio ours / SAELens, and the explained variance
    EV = 1 - sum||x - x_hat||^2 / sum||x - mean||^2 of each trained SAE on the held-out (eval)
    cache, computed by the same code (``saestab.sae.SAE``) for both. SAELens is run twice, once
    with its default LR schedule (constant, no warm-up / decay) and once with our schedule
@@ -78,6 +78,7 @@ from saestab.training import (  # noqa: E402
     ShuffledStream,
     TrainConfig,
     TrainResult,
+    input_scale,
     train_group,
 )
 
@@ -255,7 +256,7 @@ def main() -> None:
         rcfg = cfg.resolved(d, n_rows, torch.device("cpu"))
         cfg = our_config(args, rcfg.lr)  # the same lr, explicitly, for both trainers
         steps = rcfg.total_steps(n_rows)
-        scale = 1.0 / math.sqrt(train.stats.mean_sq_norm) if rcfg.normalize else 1.0
+        scale = input_scale(rcfg.normalize, train.stats)
         x_eval = torch.from_numpy(held.load(0, args.eval_tokens))
         print(f"data: {'synthetic' if synthetic else train.path} ({n_rows} x {d}); eval "
               f"{len(x_eval)} rows; d={d} m={args.m} k={args.k} batch={args.batch_size} "

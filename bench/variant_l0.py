@@ -7,7 +7,7 @@ should land within +-20% of k); relu and jumprelu are steered by a penalty coeff
 than a target, so their L0 is reported as reached.
 
 JumpReLU learns log-thresholds with Adam, so each moves by about ``lr`` per step: from the
-default initial threshold (0.001 of the unit-mean-squared-norm scale) a few hundred steps are not
+default initial threshold (0.001 of the normalised scale) a few hundred steps are not
 enough to reach the data's scale and L0 stays in the hundreds. Give it the default run's budget
 (``--tokens 150000 --epochs 8``, ~2,300 steps) for a converged L0.
 

@@ -135,7 +135,8 @@ def write(path: Path, obj: dict) -> None:
 
 PASSING = dict(topk="bimodal", relu="stable", random="unstable", ev_topk=0.78, ev_relu=0.71,
                c3=2.2, c4=(0.5, 0.1), c5=(0.6, 0.4, 0.5), c6=(0.97, 0.25, 0.99),
-               c7=(0.08, 0.0), delta=0.005, dead=0.01, random_c1="unstable")
+               c7=(0.08, 0.0), delta=0.005, dead=0.01, random_c1="unstable",
+               relu_init_cos=0.2)
 
 
 @pytest.fixture()
@@ -150,7 +151,8 @@ def make_study(tmp_path: Path):
                 ("random", "topk", "topk", p["random"], 0.44)):
             base = tmp_path / weights / variant
             write(base / "stability" / "summary.json",
-                  census_summary(kind, ev, delta=p["delta"], dead=p["dead"]))
+                  census_summary(kind, ev, delta=p["delta"], dead=p["dead"],
+                                 init_cos=p["relu_init_cos"] if variant == "relu" else 0.2))
             write(base / "function" / "masking_summary.json", {"c3": c3_block(
                 p["c3"] if weights == "trained" else 1.0, rng)})
             write(base / "function" / "surface_summary.json", {"c4": c4_block(*(
@@ -240,6 +242,16 @@ def test_unhealthy_is_inconclusive(make_study) -> None:
     rows = rows_by_id(make_study(dead=0.3))
     assert rows["C1"].verdict == INCONCLUSIVE
     assert "unhealthy" in rows["C1"].reason and "30% dead" in rows["C1"].reason
+
+
+def test_decoders_near_their_init_make_their_configuration_inconclusive(make_study) -> None:
+    # the ReLU configuration alone is unhealthy: C2 (ReLU vs TopK) is gated, C1 (TopK) is not
+    rows = rows_by_id(make_study(relu_init_cos=0.98))
+    assert rows["C2"].verdict == INCONCLUSIVE and rows["C2"].rule_verdict == REPRODUCED
+    assert rows["C2"].reason.startswith("unhealthy SAEs: relu on trained weights")
+    assert "cosine 0.98 to their initialisation" in rows["C2"].reason
+    assert rows["C1"].verdict == REPRODUCED
+    assert rows["C2"].health["m trained h relu"]["status"] == "unhealthy"
 
 
 def test_interval_straddling_the_floor_is_inconclusive() -> None:

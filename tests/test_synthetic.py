@@ -59,6 +59,22 @@ def test_samples_live_in_the_truth_with_the_right_statistics():
     assert (s > 1e-6).mean() == pytest.approx((s < -1e-6).mean(), abs=0.015)
 
 
+def test_massive_coordinate_adds_an_offset_and_variance_to_coordinate_0_only():
+    spec = synthetic.SyntheticSpec(d=16, n_points=8, point_prob=0.1, massive_mean=20.0,
+                                   massive_std=3.0, seed=3)
+    plain = synthetic.SyntheticSpec(d=16, n_points=8, point_prob=0.1, seed=3)
+    truth = synthetic.make_truth(spec)
+    x = synthetic.sample(spec, truth, 20000, np.random.default_rng(0)).astype(np.float64)
+    y = synthetic.sample(plain, truth, 20000, np.random.default_rng(0)).astype(np.float64)
+    # drawn after everything else: the other coordinates are the plain model's samples
+    np.testing.assert_array_equal(x[:, 1:], y[:, 1:])
+    extra = x[:, 0] - y[:, 0]
+    assert extra.mean() == pytest.approx(20.0, abs=0.1)
+    assert extra.std() == pytest.approx(3.0, rel=0.03)
+    with pytest.raises(ValueError, match="massive_std"):
+        synthetic.SyntheticSpec(massive_std=-1.0)
+
+
 def test_generate_writes_valid_caches_and_truth(tmp_path):
     truth = synthetic.generate(SPEC, tmp_path / "train", tmp_path / "eval", tmp_path / "t.npz",
                                name="toy", hook="features")

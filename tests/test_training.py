@@ -101,6 +101,7 @@ def test_config_defaults_and_validation() -> None:
     assert c.lr == pytest.approx(2e-4)
     assert c.aux_k == 288 and c.n_tokens == 8 * (200_000 // 512) * 512 and c.n_epochs is None
     assert c.decode == "sparse"
+    assert c.normalize == "variance" and c.dead_steps == 2**15 // 512
     assert TrainConfig(d_sae=64, k=4).resolved(8, 100, torch.device("cuda")).decode == "dense"
     m = TrainConfig(architecture="matryoshka", d_sae=1152, k=32).resolved(576, 10**5,
                                                                           torch.device("cpu"))
@@ -402,11 +403,23 @@ def test_sparsity_penalty_orders_l0(caches, arch: str, key: str, values) -> None
     assert l0[1] < 0.8 * l0[0], l0
 
 
+def test_input_scale_of_each_normalisation(caches) -> None:
+    stats = caches["big"].stats
+    assert stats.centered_sq_norm < 0.9 * stats.mean_sq_norm  # a mean to tell them apart
+    assert training.input_scale("variance", stats) == 1 / np.sqrt(stats.centered_sq_norm)
+    assert training.input_scale("mean_sq_norm", stats) == 1 / np.sqrt(stats.mean_sq_norm)
+    assert training.input_scale("none", stats) == 1.0
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        training.input_scale("layer_norm", stats)
+    with pytest.raises(config.ConfigError, match="normalize"):
+        config.validate_recipe(TrainConfig(normalize=True).to_json())  # type: ignore[arg-type]
+
+
 def test_normalisation_is_folded_into_saved_weights(caches, tmp_path: Path) -> None:
     """Snapshot (folded, raw units) vs checkpoint (normalised units) of the same step."""
     big = caches["big"]
     spe = big.n_tokens // 128
-    scale = 1 / np.sqrt(big.stats.mean_sq_norm)
+    scale = 1 / np.sqrt(big.stats.centered_sq_norm)  # the default: unit variance
     assert scale < 0.05  # the activations are far from unit scale
 
     # without a decay, the epoch-1 snapshot is the run at step spe (not a decay branch)
@@ -416,6 +429,7 @@ def test_normalisation_is_folded_into_saved_weights(caches, tmp_path: Path) -> N
             checkpoint_dir=tmp_path / "ck", checkpoint_every=spe, snapshots_at_epochs=(1,),
             snapshot_path=lambda i, e: tmp_path / f"snap{e}", callback=die_at(spe)))
     folded = load_sae(tmp_path / "snap1")
+    assert folded.cfg.recipe["normalization_scale"] == pytest.approx(scale, rel=1e-12)
     t = torch.load(tmp_path / "ck" / "checkpoint" / "state.pt", weights_only=True)["model"]
     normed = sae_from_tensors(folded.cfg, {
         "W_enc": t["W_enc"][0], "W_dec": t["W_dec"][0], "b_enc": t["b_enc"][0],

@@ -18,8 +18,8 @@ from . import io
 
 # Our SAEs take raw activations: the constant input scale used in training is folded into the
 # weights on export, so SAELens must not normalise again.
-NORMALIZATION = ("none: trained on activations scaled to unit mean squared norm by one constant, "
-                 "folded into the exported weights (the SAE takes raw activations)")
+NORMALIZATION = ("none: trained on activations scaled by one constant (by default to unit "
+                 "variance), folded into the exported weights (the SAE takes raw activations)")
 
 
 def hf_id(spec: dict[str, Any]) -> str | None:

@@ -6,7 +6,11 @@ Every token is a sparse sum of ground-truth components plus isotropic noise:
   unit direction, ``a > 0`` a magnitude);
 * a **group** of rank ``r`` (orthonormal basis ``U_g``, d x r) fires with its own probability and
   adds ``a * U_g u`` with ``u`` uniform on the unit sphere of R^r, so that no basis inside the
-  group's subspace is privileged (rank 1 is two antipodal point features, ``±U_g``).
+  group's subspace is privileged (rank 1 is two antipodal point features, ``±U_g``);
+* optionally a **massive coordinate**: coordinate 0 gets ``massive_mean + massive_std * N(0, 1)``
+  on every token, the "massive activations" of many LM residual streams (one dimension with a
+  large offset that carries most of ``E||x||^2``, and much of the variance too). It is not a
+  ground-truth component: it is there to test that training stays healthy on such data.
 
 The data go to disk through :func:`saestab.activations.write_cache` (a "forward" that looks rows
 up by index: the token id of row ``t`` is ``t`` itself), so the same training and census rules
@@ -53,6 +57,8 @@ class SyntheticSpec:
     magnitude_mean: float = 1.0
     magnitude_std: float = 0.2
     noise_std: float = 0.01
+    massive_mean: float = 0.0
+    massive_std: float = 0.0
     n_train: int = 65536
     n_eval: int = 8192
     context_length: int = 128
@@ -71,6 +77,8 @@ class SyntheticSpec:
         if self.n_components == 0 and self.noise_std <= 0:
             raise ValueError("the synthetic model needs a point feature, a group or noise "
                              "(noise alone: isotropic Gaussian data, a known negative for C5)")
+        if self.massive_std < 0:
+            raise ValueError(f"massive_std must be >= 0, got {self.massive_std}")
         if self.n_train < 1 or self.n_eval < 1 or self.context_length < 1:
             raise ValueError("n_train, n_eval and context_length must be positive")
 
@@ -172,6 +180,8 @@ def sample(spec: SyntheticSpec, truth: Truth, n: int, rng: np.random.Generator) 
         x[rows] += (u * magnitudes(len(rows))[:, None]) @ U.T
     if spec.noise_std > 0:
         x += rng.normal(0.0, spec.noise_std, (n, d))
+    if spec.massive_mean != 0 or spec.massive_std > 0:  # drawn last: other samples unchanged
+        x[:, 0] += spec.massive_mean + spec.massive_std * rng.standard_normal(n)
     return x.astype(np.float32)
 
 

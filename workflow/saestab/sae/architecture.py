@@ -8,8 +8,9 @@ cross-key checks of the recipe. The trainer, the file format and :class:`saestab
 talk to this interface, so a new variant is one module calling :func:`register` (and its name
 in the configuration schema's ``architecture`` enum).
 
-Units: a model works on activations scaled to unit mean squared norm; :meth:`export_tensors`
-and :meth:`load_tensors` convert to and from the raw-unit tensors of a saved SAE.
+Units: a model works on activations multiplied by the trainer's constant input scale (by
+default to unit variance, see ``TrainConfig.normalize``); :meth:`export_tensors` and
+:meth:`load_tensors` convert to and from the raw-unit tensors of a saved SAE.
 """
 
 from __future__ import annotations

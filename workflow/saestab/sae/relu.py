@@ -27,7 +27,9 @@ class ReLU(Architecture):
 
     @classmethod
     def recipe_defaults(cls, cfg: TrainConfig, d_in: int, total_steps: int) -> dict[str, Any]:
-        """lambda = 5 / sqrt(d_in): Anthropic's 5 at E||x||^2 = d_in in our E||x||^2 = 1 units;
+        """lambda = 5 / sqrt(d_in): Anthropic's 5 at E||x||^2 = d_in in units where the
+        modelled part of the activations (x - b_dec, see ``TrainConfig.normalize``) has unit
+        squared norm;
         the penalty warms up with the learning rate, over ``warmup_steps`` (not a share of the
         budget, so that every budget's run starts the same: see the trainer's snapshots)."""
         return {**super().recipe_defaults(cfg, d_in, total_steps),

@@ -8,7 +8,15 @@
 """
 
 from .checkpoint import CHECKPOINT_FORMAT, fingerprint
-from .config import DEFAULT_EPOCHS, IMPL_FIELDS, TrainConfig, lr_factor
+from .config import (
+    DEAD_WINDOW_TOKENS,
+    DEFAULT_EPOCHS,
+    IMPL_FIELDS,
+    NORMALIZATIONS,
+    TrainConfig,
+    input_scale,
+    lr_factor,
+)
 from .data import ShuffledStream
 from .job import (
     MANIFEST,
@@ -34,9 +42,10 @@ from .loop import (
 )
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "DEFAULT_EPOCHS", "IMPL_FIELDS", "MANIFEST", "Job", "RunOptions",
-    "ShuffledStream", "TrainConfig", "TrainResult", "build_model", "check_outputs",
-    "decay_fork_step", "decoder_init_cosine", "fingerprint", "finish_job", "geometric_median",
-    "lr_factor", "make_optimizer", "manifest_dirs", "prepare_data", "prepare_work_dir",
-    "remove_temporaries", "train_group", "train_job", "train_step",
+    "CHECKPOINT_FORMAT", "DEAD_WINDOW_TOKENS", "DEFAULT_EPOCHS", "IMPL_FIELDS", "MANIFEST",
+    "NORMALIZATIONS", "Job", "RunOptions", "ShuffledStream", "TrainConfig", "TrainResult",
+    "build_model", "check_outputs", "decay_fork_step", "decoder_init_cosine", "fingerprint",
+    "finish_job", "geometric_median", "input_scale", "lr_factor", "make_optimizer",
+    "manifest_dirs", "prepare_data", "prepare_work_dir", "remove_temporaries", "train_group",
+    "train_job", "train_step",
 ]

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..activations import CacheStats
 from ..sae import Architecture, get_architecture
 
 DEFAULT_EPOCHS = 8.0
@@ -20,6 +22,12 @@ DEFAULT_EPOCHS = 8.0
 
 IMPL_FIELDS = ("decode",)
 """Fields that choose an implementation, not the maths; a checkpoint resumes across them."""
+
+NORMALIZATIONS = ("variance", "mean_sq_norm", "none")
+"""Input scalings (``TrainConfig.normalize``): one constant factor, from the cache's statistics."""
+
+DEAD_WINDOW_TOKENS = 2**15
+"""Default AuxK dead window in tokens (``dead_steps`` = this / ``batch_size``)."""
 
 
 @dataclass
@@ -29,8 +37,12 @@ class TrainConfig:
     ``None`` means "derive the default" (:meth:`resolved`); the architecture's class decides
     its own defaults (:meth:`saestab.sae.Architecture.recipe_defaults`: learning rate, penalty
     and its warm-up, AuxK size, Matryoshka groups). Shared defaults: ``dead_steps`` (steps
-    without firing after which a latent counts as dead) ``2**17 / batch_size`` (~131k tokens);
-    length ``n_epochs`` or ``n_tokens``, neither: :data:`DEFAULT_EPOCHS` epochs. The learning
+    without firing after which a latent counts as dead, for AuxK) :data:`DEAD_WINDOW_TOKENS`
+    ``/ batch_size`` (~33k tokens: the health gate calls a latent dead when it never fires on
+    the train split, ~150k tokens in the default run, so AuxK has to reach a fading latent well
+    within one pass; with a window near a whole pass, latents that fire once in a while are
+    never revived and end silent); length ``n_epochs`` or ``n_tokens``, neither:
+    :data:`DEFAULT_EPOCHS` epochs. The learning
     rate warms up linearly over ``warmup_steps`` and decays linearly to 0 over the last
     ``lr_decay_fraction`` of the steps; a snapshot at a smaller budget is a decay branch forked
     from the constant phase, so it too ends its own schedule at its budget (warm-up, stable,
@@ -38,6 +50,15 @@ class TrainConfig:
     :class:`~.data.ShuffledStream` (``shuffle_block``, ``shuffle_window`` rows). JumpReLU's
     ``jumprelu_bandwidth``, ``jumprelu_init_threshold`` (in units of the normalised activations) and
     ``l0_coefficient`` are starting points, not tuned values.
+
+    ``normalize``: the constant the activations are multiplied by in training (folded into the
+    saved weights): ``variance`` makes ``E||x - E x||^2 = 1``, ``mean_sq_norm`` makes
+    ``E||x||^2 = 1`` (the published scalar normalisation), ``none`` keeps raw units. The SAE
+    models ``x - b_dec`` and ``b_dec`` holds the mean, so the variance is the scale its losses
+    and parameter steps act on: where one dimension carries a large mean (the "massive
+    activations" of many LMs, 92% of ``E||x||^2`` along the mean in one held-out model),
+    ``mean_sq_norm`` leaves the modelled part tiny, the biases' Adam steps then are large
+    against it and the AuxK term (a ratio, ~1) outweighs the reconstruction loss.
 
     ``decode`` picks an implementation with the same maths: ``sparse`` (CSR matmuls, for
     architectures that have that path) or ``dense``; ``auto`` takes sparse on a CPU where
@@ -72,7 +93,7 @@ class TrainConfig:
     # data and init
     b_dec_init: str = "geometric_median"
     b_dec_init_sample: int = 8192
-    normalize: bool = True
+    normalize: str = "variance"
     # data order (see saestab.training.data): contiguous rows read together, rows shuffled together
     shuffle_block: int = 1024
     shuffle_window: int = 1 << 17
@@ -98,7 +119,7 @@ class TrainConfig:
         if c.aux_k is not None:
             c.aux_k = min(c.aux_k, c.d_sae)
         if c.dead_steps is None:
-            c.dead_steps = max(1, round(2**17 / c.batch_size))
+            c.dead_steps = max(1, round(DEAD_WINDOW_TOKENS / c.batch_size))
         if c.l1_warmup_steps is None:
             c.l1_warmup_steps = 0
         if c.decode == "auto":  # the CSR path pays on CPUs; GPUs prefer batched dense matmuls
@@ -114,6 +135,17 @@ class TrainConfig:
         if self.n_tokens is not None:
             return self.n_tokens // self.batch_size
         return int(round((self.n_epochs or DEFAULT_EPOCHS) * (n_rows // self.batch_size)))
+
+
+def input_scale(normalize: str, stats: CacheStats) -> float:
+    """The factor the raw activations are multiplied by in training (see ``TrainConfig``)."""
+    if normalize == "variance":
+        return 1.0 / math.sqrt(stats.centered_sq_norm)
+    if normalize == "mean_sq_norm":
+        return 1.0 / math.sqrt(stats.mean_sq_norm)
+    if normalize == "none":
+        return 1.0
+    raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:

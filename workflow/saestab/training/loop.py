@@ -14,7 +14,6 @@ isolates the effect of the initialisation. What is trained is the architecture's
 from __future__ import annotations
 
 import copy
-import math
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +31,7 @@ from ..config import validate_recipe
 from ..logs import get_logger, progress
 from ..sae import SAE, Architecture, SAEConfig, StepOut, fold_input_scale, sae_from_tensors
 from .checkpoint import Trainable, fingerprint, resume, write_checkpoint
-from .config import TrainConfig, lr_factor
+from .config import TrainConfig, input_scale, lr_factor
 from .data import ShuffledStream
 
 log = get_logger("training")
@@ -104,8 +103,9 @@ def geometric_median(x: torch.Tensor, max_iter: int = 200, tol: float = 1e-7) ->
 # -- stage 1: data -------------------------------------------------------------------------
 def prepare_data(cache: ActivationCache, cfg: TrainConfig, data_seed: int,
                  device: torch.device) -> tuple[TrainConfig, Data]:
-    """Resolve the recipe for this cache and open its shuffled stream of rows, scaled to unit
-    mean squared norm (so one recipe suits every model and layer)."""
+    """Resolve the recipe for this cache and open its shuffled stream of rows, scaled by
+    :func:`~.config.input_scale` (by default to unit variance, so that one recipe suits every
+    model and layer)."""
     if cache.n_tokens < cfg.batch_size:
         raise io.InputError(f"{cache.path}: {cache.n_tokens} rows, fewer than one batch "
                             f"({cfg.batch_size})")
@@ -113,7 +113,7 @@ def prepare_data(cache: ActivationCache, cfg: TrainConfig, data_seed: int,
     total = cfg.total_steps(cache.n_tokens)
     if total <= 0:
         raise ValueError(f"{cfg.n_tokens} training tokens make no full batch of {cfg.batch_size}")
-    scale = 1.0 / math.sqrt(cache.stats.mean_sq_norm) if cfg.normalize else 1.0
+    scale = input_scale(cfg.normalize, cache.stats)
     stream = ShuffledStream(cache, cfg.batch_size, data_seed, shuffle_block=cfg.shuffle_block,
                             shuffle_window=cfg.shuffle_window, scale=scale, device=device)
     data = Data(stream=stream, scale=scale, cache=cache, device=device, total_steps=total,
