@@ -83,6 +83,7 @@ def test_figures_and_table1(groups, tmp_path):
         out = tmp_path / f"{name}.png"
         fn(configs, out)
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert out.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-", name
     df = plotting.table1(configs)
     assert list(df["stable_pct"]) == pytest.approx([50.0, 50.0])
     md = plotting.table1_markdown(df)

@@ -10,6 +10,16 @@ parses it again).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePath
+
+VECTOR_FORMAT = "pdf"
+"""Every figure is also written in this vector format, beside its PNG (for papers)."""
+
+
+def vector(png: str | PurePath) -> str:
+    """The vector copy of a figure: its PNG path with the :data:`VECTOR_FORMAT` suffix (the
+    figure rules declare it as an output, and the plotting code writes it)."""
+    return str(PurePath(png).with_suffix(f".{VECTOR_FORMAT}"))
 
 
 @dataclass(frozen=True)

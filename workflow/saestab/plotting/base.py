@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 
 from .. import io
+from ..figures import vector
 
 Config = dict[str, Any]
 WEIGHTS_ORDER = ("trained", "random")
@@ -25,8 +26,13 @@ def label(c: Config) -> str:
 
 
 def save(fig: plt.Figure, out: str | Path) -> None:
-    with io.atomic_path(out, suffix=Path(out).suffix) as tmp:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format=Path(out).suffix.lstrip("."))
+    """Write ``fig`` to ``out`` (PNG) and its vector copy beside it, each atomically."""
+    for path in (Path(out), Path(vector(out))):
+        fmt = path.suffix.lstrip(".")
+        # no creation date in the vector file, so that a redrawn figure is the same file
+        meta = {"CreationDate": None} if fmt == "pdf" else None
+        with io.atomic_path(path, suffix=path.suffix) as tmp:
+            fig.savefig(tmp, dpi=130, bbox_inches="tight", format=fmt, metadata=meta)
     plt.close(fig)
 
 
