@@ -48,6 +48,7 @@ rule synthetic_recovery:
     params:
         assign_threshold=config["synthetic"]["assign_threshold"],
         theta=config["stability"]["theta"],
+        eps=config["stability"]["eps"],
     script:
         "../scripts/synthetic_recovery.py"
 
