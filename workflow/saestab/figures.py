@@ -45,7 +45,7 @@ CENSUS = FigureFamily(
 )
 FUNCTION = FigureFamily(
     names=("masking_ev", "masking_ce", "frequency", "surface_form"),
-    reads=("masking_summary.json", "features.parquet"),
+    reads=("masking_summary.json", "surface_summary.json", "features.parquet"),
 )
 GEOMETRY = FigureFamily(
     names=("spectra", "rank_vs_count", "transfer", "angles"),
