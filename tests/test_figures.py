@@ -87,9 +87,9 @@ def legend_overlaps(fig: plt.Figure) -> list[str]:
 
 def small_text(fig: plt.Figure, png: Path) -> list[tuple[str, float]]:
     """Visible text smaller than base.MIN_TEXT_PX once the PNG is shown at most
-    base.README_WIDTH_PX wide: (text, its height in pixels there)."""
+    figures.README_WIDTH_PX wide: (text, its height in pixels there)."""
     with Image.open(png) as im:
-        scale = min(1.0, base.README_WIDTH_PX / im.width)
+        scale = min(1.0, figures.README_WIDTH_PX / im.width)
     out = []
     for t in fig.findobj(Text):
         if t.get_visible() and t.get_text().strip() and t.figure is not None:

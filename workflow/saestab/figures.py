@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePath
 
+README_WIDTH_PX = 800
+"""The widest a figure is shown in the README gallery; figures are drawn to be readable there."""
+
 VECTOR_FORMAT = "pdf"
 """Every figure is also written in this vector format, beside its PNG (for papers)."""
 

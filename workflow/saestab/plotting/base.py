@@ -1,12 +1,12 @@
 """Shared style, layout and output of the workflow's figures.
 
-Every figure is drawn for the README's width (:data:`README_WIDTH_PX`): at most :data:`WIDTH`
-inches wide with no text under :data:`MIN_FONT_PT`, so that shown at that width every label is
-at least :data:`MIN_TEXT_PX` pixels high. Legends sit outside the axes (below them, in space that
-constrained layout reserves), so they never cover data. :func:`save` writes the PNG and a vector
-copy beside it (:func:`saestab.figures.vector`). Intervals are drawn by :func:`errorbars` and
-:func:`band` from the interval dicts the stages write (``mean``, ``ci_low``, ``ci_high``).
-"""
+Every figure is drawn for the README's width (:data:`saestab.figures.README_WIDTH_PX`): at most
+:data:`WIDTH` inches wide with no text under :data:`MIN_FONT_PT`, so that shown at that width
+every label is at least :data:`MIN_TEXT_PX` pixels high. Legends sit outside the axes (below them,
+in space that constrained layout reserves), so they never cover data. :func:`save` writes the PNG
+and a vector copy beside it (:func:`saestab.figures.vector`). Intervals are drawn by
+:func:`errorbars` and :func:`band` from the interval dicts the stages write (``mean``,
+``ci_low``, ``ci_high``)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from ..figures import vector
 Config = dict[str, Any]
 WEIGHTS_ORDER = ("trained", "random")
 
-README_WIDTH_PX = 800  # a figure is shown at most this wide in the README gallery
 MIN_TEXT_PX = 9  # smallest readable text there
 WIDTH = 8.0  # inches: every figure is drawn this wide
 DPI = 150
