@@ -27,8 +27,8 @@ from ..figures import vector
 Config = dict[str, Any]
 WEIGHTS_ORDER = ("trained", "random")
 
-MIN_TEXT_PX = 9  # smallest readable text there
-WIDTH = 8.0  # inches: every figure is drawn this wide
+MIN_TEXT_PX = 9  # smallest text, in pixels, once a figure is shown at the README's width
+WIDTH = 8.0  # inches: the widest a figure is drawn
 DPI = 150
 MIN_FONT_PT = 8.0
 # 8 pt on an 8-inch figure shown 800 px wide is ~11 px: above MIN_TEXT_PX with room for the
@@ -106,10 +106,8 @@ def legend_below(fig: plt.Figure, ncol: int | None = None, extra: Sequence[Artis
         return None
     if ncol is None:
         # columns that fit the figure's width: a label's width from its length at the legend
-        # font (~0.55 em per character) plus the handle and padding
-        em = plt.rcParams["legend.fontsize"]
-        em = em if isinstance(em, float) else MIN_FONT_PT
-        longest = max(len(s) for s in labels) * 0.55 * em / 72 + 0.7
+        # font (~0.55 em per character, FONTS) plus the handle and padding (inches)
+        longest = max(len(s) for s in labels) * 0.55 * MIN_FONT_PT / 72 + 0.7
         ncol = int(max(1, min(len(labels), fig.get_figwidth() // longest)))
     return fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False,
                       **kw)
