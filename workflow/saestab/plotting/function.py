@@ -157,7 +157,7 @@ def _features(c: Config) -> pd.DataFrame:
 def frequency(configs: Sequence[Config], out: str | Path) -> None:
     """Distribution of log10 firing frequency of stable and unstable features (all anchors), and
     each label's median frequency: the mean over anchor SAEs of their medians with its 95%
-    interval over them (shaded), from which the C4 frequency ratio is taken."""
+    interval over them (shaded; each anchor's ratio of these medians is the C4 statistic)."""
     fig, axes = weights_panels(configs)
     for i, c in enumerate(configs):
         df = _features(c)
