@@ -356,6 +356,15 @@ def test_summary_numbers_on_planted_answers(llm, tmp_path):
     ci = stats.binomtest(7, 9).proportion_ci(method="wilson")
     assert (un["ci_low"], un["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
     assert 0.4 < un["ci_low"] < 0.5 and 0.93 < un["ci_high"] < 0.97  # Wilson (7, 9)
+    # one anchor: the seed-level interval is undefined, not a zero-width one
+    assert un["seed_level"]["n"] == 1 and np.isnan(un["seed_level"]["ci_low"])
+    # three anchors with shares 0.5, 0.75, 1: their mean with the t interval over anchors
+    three = pd.DataFrame({"anchor": np.repeat([0, 1, 2], 4), "label": "unstable",
+                          "classification": ["surface", "semantic"] * 2 + ["surface"] * 3
+                          + ["semantic"] + ["surface"] * 4})
+    sl = ai.summarize(three)["labels"]["unstable"]["seed_level"]
+    assert sl["mean"] == pytest.approx(0.75) and sl["n"] == 3
+    assert sl["ci_high"] - 0.75 == pytest.approx(float(stats.t.ppf(0.975, 2)) * 0.25 / np.sqrt(3))
     # outputs written atomically; nothing else left in the folder but the cache
     ai.write_outputs(table, s, tmp_path / "explanations.parquet", tmp_path / "summary.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["explanations.parquet",

@@ -65,10 +65,84 @@ def test_census_planted(groups, tmp_path):
     tl = c.training_length
     assert list(tl["epoch"]) == [1]
     assert tl["stable"].iloc[0] == 0.0 and tl["ev"].iloc[0] == pytest.approx(0.5)
+    # seed-level intervals of the snapshot shares (jackknife) and of EV (t over seeds)
+    assert tl["stable_ci_low"].iloc[0] == 0.0 and tl["stable_ci_high"].iloc[0] == 0.0
+    assert tl["unstable_ci_low"].iloc[0] == pytest.approx(1.0)
+    assert tl["ev_ci_low"].iloc[0] == pytest.approx(0.5)
+    # the figures' sweeps and frequency profile, with intervals, at the census's θ and ε
+    at = {(r["sweep"], r["theta"], r["eps"]): r for r in s["sweeps"]}
+    assert at[("theta", 0.7, 0.05)]["stable"]["mean"] == pytest.approx(SHARED / M)
+    assert at[("eps", 0.7, 0.05)]["stable"] == at[("theta", 0.7, 0.05)]["stable"]
+    assert sum(r["n_features"] for r in s["p_hat_by_frequency"]) == 4 * M
     census.write_census(c, tmp_path / "census")
     for name in ("features.parquet", "pairwise.npz", "pairwise.json", "sweeps.parquet",
                  "n_subsample.parquet", "fractions.csv", "training_length.csv", "summary.json"):
         assert (tmp_path / "census" / name).is_file(), name
+
+
+def _maxcos(S: int, m: int, stable: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An (S, S, m) best-match table: features in ``stable`` match in every other seed (cosine
+    0.9 to 1), the others in none (below 0.3)."""
+    mc = rng.uniform(0.0, 0.3, (S, S, m))
+    mc[:, :, stable] = rng.uniform(0.9, 1.0, (S, S, int(np.sum(stable))))
+    return mc.astype(np.float16)
+
+
+def test_sweep_intervals_are_the_label_shares_with_seed_level_intervals():
+    rng = np.random.default_rng(0)
+    S, m = 5, 40
+    mc = _maxcos(S, m, np.arange(m) < 10, rng)
+    live = np.ones((S, m), dtype=bool)
+    live[0, -4:] = False  # dead latents of one seed leave its shares
+    rows = census.sweep_intervals(mc, live, [0.2, 0.5, 0.95], [0.0, 0.4], theta=0.5, eps=0.05)
+    assert [(r["sweep"], r["theta"], r["eps"]) for r in rows] == [
+        ("theta", 0.2, 0.05), ("theta", 0.5, 0.05), ("theta", 0.95, 0.05),
+        ("eps", 0.5, 0.0), ("eps", 0.5, 0.4)]
+    at = {(r["sweep"], r["theta"]): r for r in rows}
+    # θ = 0.5 separates the planted sets exactly: 10 stable of 40 (of 36 live for seed 0)
+    expect = np.mean([10 / 36] + [10 / 40] * 4)
+    assert at[("theta", 0.5)]["stable"]["mean"] == pytest.approx(expect)
+    assert at[("theta", 0.5)]["unstable"]["mean"] == pytest.approx(1 - expect)
+    assert at[("theta", 0.2)]["stable"]["mean"] > at[("theta", 0.5)]["stable"]["mean"]
+    assert at[("theta", 0.95)]["stable"]["mean"] < at[("theta", 0.5)]["stable"]["mean"]
+    for r in rows:
+        for lab in ("stable", "middle", "unstable"):
+            iv = r[lab]
+            assert "replicates" not in iv and iv["n"] == S
+            assert iv["ci_low"] <= iv["mean"] <= iv["ci_high"]
+    # the interval is the jackknife of the claim's own statistic
+    j = census.jackknife_labels(mc, live, 0.5, 0.05)
+    assert at[("theta", 0.5)]["stable"]["ci_low"] == pytest.approx(j["stable"]["ci_low"])
+    # a seed-dependent table has a wider interval than a seed-independent one
+    noisy = mc.copy()
+    noisy[2, :, :20] = np.float16(0.1)  # seed 2 matches none of the first 20 features
+    w = census.sweep_intervals(noisy, live, [0.5], [], theta=0.5, eps=0.05)[0]["stable"]
+    assert w["ci_high"] - w["ci_low"] > at[("theta", 0.5)]["stable"]["ci_high"] - \
+        at[("theta", 0.5)]["stable"]["ci_low"]
+
+
+def test_p_hat_by_frequency_follows_the_planted_profile():
+    rng = np.random.default_rng(1)
+    S, m = 4, 60
+    freq = np.tile(np.logspace(-4, -1, m), (S, 1))
+    mc = _maxcos(S, m, np.arange(m) >= m // 2, rng)  # the frequent half is stable
+    live = np.ones((S, m), dtype=bool)
+    live[:, 0] = False  # dead latents are left out
+    rows = census.p_hat_by_frequency(mc, live, freq, theta=0.7, n_bins=4)
+    assert [r["bin"] for r in rows] == [0, 1, 2, 3]
+    assert sum(r["n_features"] for r in rows) == S * (m - 1)
+    assert rows[0]["log10_freq_low"] == pytest.approx(np.log10(freq[0, 1]))
+    assert rows[-1]["log10_freq_high"] == pytest.approx(-1.0)
+    assert rows[0]["p_hat"]["mean"] == 0.0 and rows[-1]["p_hat"]["mean"] == 1.0
+    for r in rows:  # every replicate recomputes p̂: 0 and 1 stay 0 and 1
+        assert r["p_hat"]["ci_low"] <= r["p_hat"]["mean"] <= r["p_hat"]["ci_high"]
+    assert rows[0]["p_hat"]["ci_high"] == pytest.approx(0.0)
+    # one seed that matches nothing lowers every bin's p̂ and widens its interval
+    mc[:, 3] = np.float16(0.1)
+    mc[3, :] = np.float16(0.1)
+    low = census.p_hat_by_frequency(mc, live, freq, theta=0.7, n_bins=4)
+    assert low[-1]["p_hat"]["mean"] < 1.0
+    assert low[-1]["p_hat"]["ci_high"] - low[-1]["p_hat"]["ci_low"] > 0.1
 
 
 def test_figures_and_table1(groups, tmp_path):
@@ -83,6 +157,7 @@ def test_figures_and_table1(groups, tmp_path):
         out = tmp_path / f"{name}.png"
         fn(configs, out)
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert out.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-", name
     df = plotting.table1(configs)
     assert list(df["stable_pct"]) == pytest.approx([50.0, 50.0])
     md = plotting.table1_markdown(df)

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from saestab import gallery  # noqa: E402
+from saestab.figures import README_WIDTH_PX  # noqa: E402
 
 
 def test_gallery_downscales_and_skips_missing(tmp_path: Path) -> None:
@@ -25,6 +26,31 @@ def test_gallery_downscales_and_skips_missing(tmp_path: Path) -> None:
     with Image.open(out[0]) as im:
         assert im.width == 600 and abs(im.height - 200) <= 1
     assert gallery.main([str(tmp_path / "nothing"), str(tmp_path / "g2")]) == 1
+
+
+def test_readme_gallery_shows_each_figure_on_its_row_at_most_readme_wide(tmp_path: Path) -> None:
+    figs = tmp_path / "figures"
+    for rel, size in (("census/stability_cdf.png", (12, 4)), ("census/table1.png", (4, 3))):
+        (figs / rel).parent.mkdir(parents=True, exist_ok=True)
+        fig, ax = plt.subplots(figsize=size)
+        ax.plot([0, 1], [0, 1])
+        fig.savefig(figs / rel, dpi=100)
+        plt.close(fig)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- gallery:begin -->\nold\n<!-- gallery:end -->\n\nrest\n")
+    assert gallery.main([str(figs), str(tmp_path / "docs" / "gallery"), "--readme",
+                         str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("<!-- gallery:end -->\n\nrest\n")
+    rows = [line for line in text.splitlines() if line.startswith("<p><img")]
+    captions = dict(gallery.MAIN_FIGURES)
+    # the wide figure is shown README_WIDTH_PX wide, the narrow one at its own 400 px
+    assert rows == [
+        f'<p><img src="docs/gallery/census-stability_cdf.png" width="{README_WIDTH_PX}" '
+        f'alt="{captions["census/stability_cdf.png"]}"><br>'
+        f'{captions["census/stability_cdf.png"]}</p>',
+        f'<p><img src="docs/gallery/census-table1.png" width="400" '
+        f'alt="{captions["census/table1.png"]}"><br>{captions["census/table1.png"]}</p>']
 
 
 def test_readme_table_comes_from_the_summary(tmp_path: Path) -> None:

@@ -79,6 +79,17 @@ def test_within_pool_stability_reads_only_the_pool() -> None:
     np.testing.assert_array_equal(pooling.within_pool_stability(maxcos, [4], 0.7), np.zeros((1, m)))
 
 
+def test_split_intervals_average_the_splits() -> None:
+    splits = [{"mutual_stability_pool_after": v, "mutual_stability_standard": 0.4,
+               "ev_pool_after": 0.7, "ev_standard": 0.75} for v in (0.5, 0.6, 0.7)]
+    out = pooling.split_intervals(splits)
+    assert set(out["mutual_stability"]) == {"pool_after", "standard"}
+    ms = out["mutual_stability"]["pool_after"]
+    assert ms["mean"] == pytest.approx(0.6) and ms["n"] == 3
+    assert ms["ci_low"] < 0.5 and ms["ci_high"] > 0.7  # t with 2 degrees of freedom
+    assert out["ev"]["standard"]["ci_high"] == pytest.approx(0.75)
+
+
 def test_rank_candidates() -> None:
     st = np.array([[0.5, 1.0, 0.0], [1.0, 0.5, 0.5]])
     mass = np.array([[9.0, 1.0, 5.0], [2.0, 9.0, 9.0]])

@@ -172,6 +172,28 @@ def test_planted_unstable_subspace_transfers(planted):
     assert g2.summary["transfer"]["directions"]["cross"]["n_pairs"] == 5
 
 
+def test_median_angle_intervals_average_pair_medians_over_seeds():
+    rows = []
+    medians = {(0, 1): 10.0, (0, 2): 20.0, (1, 2): 30.0, (0, 3): 40.0, (1, 3): 50.0,
+               (2, 3): 60.0}
+    for (a, b), med in medians.items():
+        for k, off in enumerate((-5.0, 0.0, 5.0)):  # three angles around the pair's median
+            rows.append({"seed_a": a, "seed_b": b, "kind": "cross", "angle_deg": med + off})
+            rows.append({"seed_a": a, "seed_b": b, "kind": "random", "angle_deg": 80.0 + k})
+    out = subspaces.median_angle_intervals(pd.DataFrame(rows))
+    assert out["cross"]["mean"] == pytest.approx(35.0)
+    assert out["random"]["mean"] == pytest.approx(81.0)
+    assert out["random"]["ci_low"] == pytest.approx(81.0)  # the same in every pair
+    assert out["cross"]["ci_low"] < 35.0 < out["cross"]["ci_high"]
+    assert out["cross"]["n"] == 4 and "replicates" not in out["cross"]
+    # leaving seed 3 out keeps the pairs (0,1), (0,2), (1,2): mean 20
+    j = subspaces.pair_jackknife(subspaces._sym(subspaces._pair_matrix(
+        pd.DataFrame([{"seed_a": a, "seed_b": b, "share": v} for (a, b), v in medians.items()]),
+        [0, 1, 2, 3])))
+    assert j["replicates"][3] == pytest.approx(20.0)
+    assert out["cross"]["ci_high"] == pytest.approx(j["ci_high"])
+
+
 def test_planted_figures_and_outputs(planted, tmp_path):
     from saestab.plotting import geometry as plots
 

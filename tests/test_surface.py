@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 
 from saestab import surface
 from saestab.activations import ActivationCache, write_cache
@@ -86,6 +87,39 @@ def test_compare_labels_and_binned_difference() -> None:
     assert surface.binned_difference(comp, "top_token_share") == pytest.approx(0.4, abs=0.05)
     # frequency itself does not differ by label here
     assert comp[(comp["bin"] == -1) & (comp["metric"] == "frequency")].iloc[0]["ks_p"] > 0.01
+
+
+def test_binned_profile_averages_anchors_and_gives_their_interval() -> None:
+    """Three anchors whose unstable features sit at a share 0.2, 0.3, 0.4 in every bin and
+    stable ones at 0.8: the profile is the mean over anchors with the interval of that mean."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed, level in ((0, 0.2), (1, 0.3), (2, 0.4)):
+        freq = 10 ** rng.uniform(-4, -1, 200)
+        lab = np.where(np.arange(200) % 2 == 0, "stable", "unstable")
+        share = np.where(lab == "stable", 0.8, level)
+        rows.append(pd.DataFrame({"seed": seed, "label": lab, "frequency": freq,
+                                  "top_token_share": share}))
+    table = pd.concat(rows, ignore_index=True)
+    prof = surface.binned_profile(table, "top_token_share", n_bins=4)
+    un = prof[prof["label"] == "unstable"]
+    assert list(un["bin"]) == [0, 1, 2, 3] and (un["n_anchors"] == 3).all()
+    assert un["mean"].to_numpy() == pytest.approx(0.3)
+    half = float(stats.t.ppf(0.975, 2)) * 0.1 / np.sqrt(3)  # t interval of (0.2, 0.3, 0.4)
+    assert un["ci_high"].to_numpy() == pytest.approx(0.3 + half)
+    st = prof[prof["label"] == "stable"]
+    assert st["mean"].to_numpy() == pytest.approx(0.8) and st["ci_low"].to_numpy() == \
+        pytest.approx(0.8)
+    # the bin edges are shared by every anchor: centres come from the pooled frequencies
+    _, edges = surface.frequency_bins(table["frequency"].to_numpy(), 4)
+    assert un["log10_freq_centre"].to_numpy() == pytest.approx(0.5 * (edges[1:] + edges[:-1]))
+    # an anchor with fewer than min_count features of a label in a bin does not count there
+    thin = table[~((table["seed"] == 2) & (table["label"] == "unstable")
+                   & (table["frequency"] > 10 ** -1.75))]
+    last = surface.binned_profile(thin, "top_token_share", n_bins=4)
+    last = last[(last["label"] == "unstable") & (last["bin"] == 3)].iloc[0]
+    assert last["n_anchors"] == 2 and last["mean"] == pytest.approx(0.25)
+    assert np.isnan(last["ci_low"])  # two anchors: no jackknife interval
 
 
 def test_run_surface_contexts_and_browser(tmp_path: Path, cache: ActivationCache) -> None:

@@ -130,6 +130,25 @@ def test_recovery_of_planted_latents():
     assert br.loc[("point", 1), "latent_p_hat"] == 1.0
     assert br.loc[("group", 4), "latent_p_hat"] == 0.0
     assert rec.summary["unassigned_fraction"] == pytest.approx(3 / m)
+    # with θ, the seed-level intervals the figures draw: point latents reappear in every seed,
+    # group latents (a fresh random basis per seed) in none; the spans agree exactly
+    rec_t = synthetic.recovery(dirs, seeds, truth,
+                               _features(seeds, m, lambda s, j: 1.0 if j < 5 else 0.0),
+                               theta=0.7, eps=0.05)
+    iv = {(r["kind"], r["rank"]): r for r in rec_t.summary["intervals"]["by_rank"]}
+    assert iv[("point", 1)]["latent_p_hat"]["mean"] == 1.0
+    assert iv[("point", 1)]["latent_stable_fraction"]["ci_low"] == pytest.approx(1.0)
+    assert iv[("group", 4)]["latent_p_hat"]["mean"] < 0.5
+    assert iv[("group", 4)]["latent_stable_fraction"]["mean"] < 0.5
+    assert iv[("group", 4)]["cross_seed_overlap"]["mean"] == pytest.approx(1.0)
+    assert iv[("group", 2)]["truth_overlap"]["ci_low"] == pytest.approx(1.0)
+    comps = rec_t.summary["intervals"]["components"]
+    assert len(comps) == SPEC.n_components
+    assert {c["kind"] for c in comps} == {"point", "group"}
+    for c in comps:
+        assert c["max_angle_deg"]["mean"] < 1e-3 and c["max_angle_deg"]["n"] == len(seeds)
+        assert c["p_hat"]["ci_low"] <= c["p_hat"]["mean"] <= c["p_hat"]["ci_high"]
+    assert rec_t.summary["c6"]["points"]["latent_p_hat"]["mean"] == 1.0
     # a group with too few latents is only partly recovered: missing dimensions count 90 degrees
     cut = [d[:-4 - 3 + 2] for d in dirs]  # drop two of the rank-4 group's latents and the junk
     rec2 = synthetic.recovery(cut, seeds, truth, _features(seeds, len(cut[0]), lambda s, j: 0.0))

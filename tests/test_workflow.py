@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from saestab import figures, gallery
 from saestab.activations import ActivationCache
 
 from .conftest import REPO, synthetic_documents
@@ -169,6 +170,14 @@ def test_workflow_geometry_and_synthetic_stages(workdir):
         assert png.read_bytes()[:4] == b"\x89PNG", fig
     # the census figures and Table 1 keep to the real model's configurations
     assert "toy" not in (workdir / "results" / "tables" / "table1.md").read_text()
+
+
+def test_workflow_writes_every_figure_as_png_and_pdf(workdir):
+    """Every figure of the run (the gallery's and the rest) has its PDF beside its PNG."""
+    pngs = sorted((workdir / "results" / "figures").rglob("*.png"))
+    assert len(pngs) >= len(gallery.MAIN_FIGURES)
+    for png in pngs:
+        assert Path(figures.vector(png)).read_bytes()[:5] == b"%PDF-", png
 
 
 def test_workflow_summary(workdir):

@@ -34,11 +34,12 @@ rule autointerp_figure:
     input:
         summaries=[f"{autointerp_dir(c)}/summary.json" for c in sae_configs()],
     output:
-        report(
-            "results/figures/autointerp/surface_share.png",
+        png=report(
+            figure_png("autointerp", "surface_share"),
             caption="../report/autointerp_surface_share.rst",
             category="C4 character",
         ),
+        vector=figures.vector(figure_png("autointerp", "surface_share")),
     log:
         "logs/figures/autointerp/surface_share.log",
     conda:

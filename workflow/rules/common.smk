@@ -21,6 +21,18 @@ wildcard_constraints:
     figure="[a-z0-9_]+",
 
 
+def figure_png(stage, name="{figure}"):
+    """A figure's PNG; every figure rule also declares its vector copy,
+    figures.vector(figure_png(...)), which the plotting code writes beside it."""
+    return f"results/figures/{stage}/{name}.png"
+
+
+def figure_files(stage, names):
+    """The PNG and the vector copy of each named figure of a stage (targets)."""
+    pngs = [figure_png(stage, n) for n in names]
+    return pngs + [figures.vector(p) for p in pngs]
+
+
 MODELS = config["models"]
 WEIGHTS = config["weights"]
 SAE_CFG = config["sae"]
@@ -138,9 +150,9 @@ def autointerp_targets():
     """Auto-interp outputs of every configuration, or none when no endpoint is configured."""
     if not config["autointerp"]["endpoint"]:
         return []
-    return [f"{autointerp_dir(c)}/summary.json" for c in sae_configs()] + [
-        "results/figures/autointerp/surface_share.png"
-    ]
+    return [f"{autointerp_dir(c)}/summary.json" for c in sae_configs()] + figure_files(
+        "autointerp", ["surface_share"]
+    )
 
 
 def pool_configs():
@@ -166,7 +178,7 @@ def pool_targets():
     if not pool_configs():
         return []
     return [f"{pool_dir(c)}/summary.json" for c in pool_configs()] + [
-        "results/figures/pool/pool_stability.png",
+        *figure_files("pool", ["pool_stability"]),
         "results/tables/pool_table.md",
     ]
 
@@ -198,7 +210,7 @@ def function_targets():
         f"{function_dir(c)}/{name}"
         for c in function_configs()
         for name in ("masking_summary.json", "surface_summary.json", "browser.html")
-    ] + expand("results/figures/function/{figure}.png", figure=FUNCTION_FIGURES)
+    ] + figure_files("function", FUNCTION_FIGURES)
 
 
 GEOMETRY_FIGURES = figures.GEOMETRY.names
@@ -225,9 +237,9 @@ def geometry_targets():
     """Per-configuration geometry outputs and the figures, unless geometry.enabled is false."""
     if not geometry_configs():
         return []
-    return [f"{geometry_dir(c)}/summary.json" for c in geometry_configs()] + expand(
-        "results/figures/geometry/{figure}.png", figure=GEOMETRY_FIGURES
-    )
+    return [
+        f"{geometry_dir(c)}/summary.json" for c in geometry_configs()
+    ] + figure_files("geometry", GEOMETRY_FIGURES)
 
 
 SYNTHETIC_FIGURES = figures.SYNTHETIC.names
@@ -242,9 +254,9 @@ def synthetic_targets():
     """Recovery outputs of every synthetic configuration and the figures (none if none)."""
     if not recovery_configs():
         return []
-    return [f"{synthetic_dir(c)}/summary.json" for c in recovery_configs()] + expand(
-        "results/figures/synthetic/{figure}.png", figure=SYNTHETIC_FIGURES
-    )
+    return [
+        f"{synthetic_dir(c)}/summary.json" for c in recovery_configs()
+    ] + figure_files("synthetic", SYNTHETIC_FIGURES)
 
 
 # summary.smk: which stage outputs each configuration has (absent stages: None)
@@ -355,10 +367,8 @@ def all_targets():
     """Everything the default target builds: every stage of the study, figures and summary."""
     saes = [d for c in sae_configs() for d in sae_group_dirs(*c)]
     census = [census_file(c, "summary.json") for c in sae_configs()]
-    census_figures = expand(
-        "results/figures/census/{figure}.png", figure=CENSUS_FIGURES
-    )
-    tables = ["results/tables/table1.md", "results/figures/census/table1.png"]
+    census_figures = figure_files("census", CENSUS_FIGURES)
+    tables = ["results/tables/table1.md", *figure_files("census", ["table1"])]
     optional = autointerp_targets()  # empty unless autointerp.endpoint is set
     return (
         cache_dirs("train")

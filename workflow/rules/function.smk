@@ -77,11 +77,12 @@ rule function_figure:
     input:
         figures.FUNCTION.inputs([function_dir(c) for c in function_configs()]),
     output:
-        report(
-            "results/figures/function/{figure}.png",
+        png=report(
+            figure_png("function"),
             caption="../report/function_figure.rst",
             category="C3-C4 function and character",
         ),
+        vector=figures.vector(figure_png("function")),
     log:
         "logs/figures/function/{figure}.log",
     conda:

@@ -37,11 +37,12 @@ rule geometry_figure:
     input:
         figures.GEOMETRY.inputs([geometry_dir(c) for c in geometry_configs()]),
     output:
-        report(
-            "results/figures/geometry/{figure}.png",
+        png=report(
+            figure_png("geometry"),
             caption="../report/geometry_figure.rst",
             category="C5 subspaces",
         ),
+        vector=figures.vector(figure_png("geometry")),
     log:
         "logs/figures/geometry/{figure}.log",
     conda:

@@ -47,10 +47,11 @@ rule pool_figure:
         cross=[f"{pool_dir(c)}/cross_maxcos.parquet" for c in pool_configs()],
     output:
         figure=report(
-            "results/figures/pool/pool_stability.png",
+            figure_png("pool", "pool_stability"),
             caption="../report/pool_stability.rst",
             category="C7 feature pool",
         ),
+        vector=figures.vector(figure_png("pool", "pool_stability")),
         csv="results/tables/pool_table.csv",
         md="results/tables/pool_table.md",
     log:

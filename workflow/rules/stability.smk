@@ -43,11 +43,12 @@ rule census_figure:
     input:
         figures.CENSUS.inputs([census_dir(c) for c in sae_configs()]),
     output:
-        report(
-            "results/figures/census/{figure}.png",
+        png=report(
+            figure_png("census"),
             caption="../report/census_figure.rst",
             category="C1-C2 stability census",
         ),
+        vector=figures.vector(figure_png("census")),
     log:
         "logs/figures/census/{figure}.log",
     conda:
@@ -65,10 +66,11 @@ rule table1:
         csv="results/tables/table1.csv",
         md="results/tables/table1.md",
         png=report(
-            "results/figures/census/table1.png",
+            figure_png("census", "table1"),
             caption="../report/table1.rst",
             category="C1-C2 stability census",
         ),
+        vector=figures.vector(figure_png("census", "table1")),
     log:
         "logs/figures/table1.log",
     conda:

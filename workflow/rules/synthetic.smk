@@ -48,6 +48,7 @@ rule synthetic_recovery:
     params:
         assign_threshold=config["synthetic"]["assign_threshold"],
         theta=config["stability"]["theta"],
+        eps=config["stability"]["eps"],
     script:
         "../scripts/synthetic_recovery.py"
 
@@ -57,11 +58,12 @@ rule synthetic_figure:
         summaries=[f"{synthetic_dir(c)}/summary.json" for c in recovery_configs()],
         tables=figures.SYNTHETIC.inputs([synthetic_dir(c) for c in recovery_configs()]),
     output:
-        report(
-            "results/figures/synthetic/{figure}.png",
+        png=report(
+            figure_png("synthetic"),
             caption="../report/synthetic_figure.rst",
             category="C6 synthetic model",
         ),
+        vector=figures.vector(figure_png("synthetic")),
     log:
         "logs/figures/synthetic/{figure}.log",
     conda:

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import tenacity
 
-from . import io, logs
+from . import io, logs, resampling
 from .stability import wilson_interval
 
 SURFACE = "surface"
@@ -428,7 +428,10 @@ def explain_features(contexts: pd.DataFrame, client: ChatClient, cache: RequestC
 def summarize(explanations: pd.DataFrame, labels: Sequence[str] = ("stable", "unstable"),
               alpha: float = 0.05) -> dict[str, Any]:
     """Per label: counts and the share of surface-form explanations among the classified ones,
-    with a Wilson interval; and the unstable − stable difference of shares."""
+    with a Wilson interval (features as the unit); with an ``anchor`` column, also
+    ``seed_level``: each anchor SAE's share as one value, their mean with its interval over the
+    anchors (:func:`saestab.resampling.mean_of`; NaN with fewer than three). And the
+    unstable − stable difference of shares."""
     out: dict[str, Any] = {"labels": {}}
     for lab in labels:
         sub = explanations[explanations["label"] == lab]
@@ -440,6 +443,13 @@ def summarize(explanations: pd.DataFrame, labels: Sequence[str] = ("stable", "un
             "n_features": int(len(sub)), "n_surface": n_surface, "n_semantic": n_semantic,
             "n_unparsed": int(len(sub) - n), "surface_share": n_surface / n if n else None,
             "ci_low": float(lo), "ci_high": float(hi)}
+        classified = sub[sub["classification"].isin([SURFACE, SEMANTIC])]
+        if "anchor" in sub and len(classified):
+            per_anchor = (classified["classification"] == SURFACE).groupby(
+                classified["anchor"]).mean().to_numpy(np.float64)
+            iv = resampling.mean_of(per_anchor, alpha)
+            out["labels"][lab]["seed_level"] = {k: v for k, v in iv.items()
+                                                if k != "replicates"}
     shares = {k: v["surface_share"] for k, v in out["labels"].items()}
     if shares.get("stable") is not None and shares.get("unstable") is not None:
         out["unstable_minus_stable"] = shares["unstable"] - shares["stable"]

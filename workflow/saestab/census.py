@@ -236,6 +236,72 @@ def seed_level(maxcos: np.ndarray, live: np.ndarray, d: int, theta: float, eps: 
     return out
 
 
+def _interval(j: dict[str, Any]) -> dict[str, Any]:
+    """A jackknife interval without its leave-one-out replicates (for tables and figures)."""
+    return {k: v for k, v in j.items() if k != "replicates"}
+
+
+def sweep_intervals(maxcos: np.ndarray, live: np.ndarray | None, thetas: Sequence[float],
+                    epss: Sequence[float], theta: float, eps: float) -> list[dict[str, Any]]:
+    """The θ sweep (at ``eps``) and the ε sweep (at ``theta``) as seed-level statistics: at each
+    setting the label shares of the live features (:func:`jackknife_labels`), each with its
+    leave-one-seed-out jackknife interval. One row per setting: ``sweep``, ``theta``, ``eps``
+    and an interval per label."""
+    rows = []
+    for sweep, settings in (("theta", [(t, eps) for t in thetas]),
+                            ("eps", [(theta, e) for e in epss])):
+        for t, e in settings:
+            j = jackknife_labels(maxcos, live, t, e)
+            rows.append({"sweep": sweep, "theta": float(t), "eps": float(e),
+                         **{lab: _interval(j[lab]) for lab in stability.LABELS}})
+    return rows
+
+
+def p_hat_by_frequency(maxcos: np.ndarray, live: np.ndarray, frequency: np.ndarray,
+                       theta: float, n_bins: int = 12) -> list[dict[str, Any]]:
+    """Mean p̂ of the live features within equal-width bins of log10 firing frequency (the
+    edges span every anchor's firing features), each with a leave-one-seed-out jackknife
+    interval: every replicate recomputes p̂ against the seeds it keeps, over the features of the
+    anchors it keeps. One row per bin: its edges, ``n_features`` and the ``p_hat`` interval."""
+    S = maxcos.shape[0]
+    f = np.asarray(frequency, dtype=np.float64)
+    use = np.asarray(live, dtype=bool) & (f > 0)
+    if not use.any():
+        return []
+    logf = np.full(f.shape, np.nan)
+    logf[use] = np.log10(f[use])
+    edges = np.linspace(np.nanmin(logf), np.nanmax(logf), n_bins + 1)
+    bins = np.full(f.shape, -1)
+    bins[use] = np.clip(np.digitize(logf[use], edges) - 1, 0, n_bins - 1)
+    memo: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+    def per_bin(idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(sum of p̂, count) per bin over the anchors of ``idx``, p̂ against ``idx`` only."""
+        t = tuple(idx)
+        if t not in memo:
+            total, count = np.zeros(n_bins), np.zeros(n_bins)
+            for a in t:
+                others = [b for b in t if b != a]
+                p = (maxcos[a, others].astype(np.float32) >= np.float32(theta)).mean(axis=0)
+                sel = bins[a] >= 0
+                total += np.bincount(bins[a][sel], weights=p[sel], minlength=n_bins)
+                count += np.bincount(bins[a][sel], minlength=n_bins)
+            memo[t] = (total, count)
+        return memo[t]
+
+    def stat(b: int) -> Any:
+        def f_(idx: Sequence[int]) -> float:
+            total, count = per_bin(idx)
+            return float(total[b] / count[b]) if count[b] else float("nan")
+        return f_
+
+    n_all = per_bin(tuple(range(S)))[1]
+    return [{"bin": b, "log10_freq_low": float(edges[b]), "log10_freq_high": float(edges[b + 1]),
+             "n_features": int(n_all[b]),
+             "p_hat": _interval(resampling.jackknife(range(S), stat(b)))}
+            for b in range(n_bins) if n_all[b]]
+
+
 def convergence(training_length: pd.DataFrame, threshold: float = 0.02) -> dict[str, Any]:
     """Whether the stable share still moves between the last two snapshots (SPEC's convergence
     gate): ``status`` is ``converged``, ``not converged`` or ``unknown`` (fewer than two
@@ -305,6 +371,8 @@ def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: flo
                          chunk_size=chunk_size)
     levels = seed_level(maxcos, live, d, theta, eps, seed=seed, device=device,
                         chunk_size=chunk_size)
+    sweeps_seed_level = sweep_intervals(maxcos, live, thetas, epss, theta, eps)
+    by_frequency = p_hat_by_frequency(maxcos, live, freq, theta)
     per_seed = {k: evals_df[k].astype(float).tolist() for k in
                 ("ev", "l0", "train_ev", "dead_fraction_train") if k in evals_df}
     summary = {
@@ -330,6 +398,9 @@ def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: flo
                                 if evals_df.get("decoder_init_cosine") is not None
                                 and evals_df["decoder_init_cosine"].notna().all() else None),
         "training_length": tl.to_dict(orient="records"),
+        # figures: the sweeps and the p̂-frequency profile with seed-level intervals
+        "sweeps": sweeps_seed_level,
+        "p_hat_by_frequency": by_frequency,
     }
     return Census(table=table, fractions=fractions, sweeps=sweeps, n_subsample=nsub,
                   training_length=tl, evals=evals_df, seed_level=levels, maxcos=maxcos,
@@ -341,8 +412,8 @@ def _share(seed_level: dict[str, Any], per_anchor: np.ndarray) -> dict[str, Any]
     ``min``, ``max``), which SPEC asks to report beside it but which is no interval: anchors
     matched against the same other seeds are not independent."""
     spread = mean_interval(per_anchor)
-    return {**{k: v for k, v in seed_level.items() if k != "replicates"},
-            "std": spread["std"], "min": spread["min"], "max": spread["max"]}
+    return {**_interval(seed_level), "std": spread["std"], "min": spread["min"],
+            "max": spread["max"]}
 
 
 def with_dead(labels: pd.Series | np.ndarray, dead: np.ndarray) -> pd.Categorical:
@@ -372,9 +443,11 @@ def live_fractions(table: pd.DataFrame) -> pd.DataFrame:
 def training_length(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: float = 0.05,
                     device: str = "cpu", chunk_size: int = 4096) -> pd.DataFrame:
     """Label fractions and EV of the snapshots at every saved epoch (stability vs training
-    length): ``epoch, stable, middle, unstable`` (means over anchors), ``*_std``, ``ev``,
-    ``l0``, ``dead_fraction`` (means over seeds), and the ``steps`` and ``tokens_seen`` of that
-    budget (each snapshot finished its own learning-rate decay there)."""
+    length): ``epoch, stable, middle, unstable`` (means over anchors), ``*_std`` (spread over
+    anchors), ``*_ci_low``/``*_ci_high`` (leave-one-seed-out jackknife interval,
+    :func:`jackknife_labels`), ``ev`` with ``ev_ci_low``/``ev_ci_high`` (t interval over
+    seeds), ``l0``, ``dead_fraction`` (means over seeds), and the ``steps`` and
+    ``tokens_seen`` of that budget (each snapshot finished its own learning-rate decay there)."""
     rows = []
     for epoch in snapshot_epochs(group_dirs):
         dirs = seed_dirs(group_dirs, epoch)
@@ -383,11 +456,16 @@ def training_length(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps
                                                  device=device)
         fr = stability.label_fractions(stability.stability_from_maxcos(maxcos, theta, eps))
         row: dict[str, Any] = {"epoch": epoch, "n_seeds": len(dirs)}
+        jack = jackknife_labels(maxcos, None, theta, eps)
         for lab in stability.LABELS:
             row[lab] = float(fr[lab].mean())
             row[f"{lab}_std"] = float(fr[lab].std(ddof=1)) if len(fr) > 1 else float("nan")
+            row[f"{lab}_ci_low"] = jack[lab]["ci_low"]
+            row[f"{lab}_ci_high"] = jack[lab]["ci_high"]
         for key in ("ev", "l0", "dead_fraction"):
             row[key] = float(np.mean([e[key] for e in evals]))
+        ev = resampling.mean_of(np.array([e["ev"] for e in evals]))
+        row["ev_ci_low"], row["ev_ci_high"] = ev["ci_low"], ev["ci_high"]
         recipe = io.read_json(dirs[0] / "cfg.json").get("recipe", {})
         row["steps"], row["tokens_seen"] = recipe.get("steps"), recipe.get("tokens_seen")
         rows.append(row)

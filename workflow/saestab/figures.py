@@ -10,6 +10,19 @@ parses it again).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePath
+
+README_WIDTH_PX = 800
+"""The widest a figure is shown in the README gallery; figures are drawn to be readable there."""
+
+VECTOR_FORMAT = "pdf"
+"""Every figure is also written in this vector format, beside its PNG (for papers)."""
+
+
+def vector(png: str | PurePath) -> str:
+    """The vector copy of a figure: its PNG path with the :data:`VECTOR_FORMAT` suffix (the
+    figure rules declare it as an output, and the plotting code writes it)."""
+    return str(PurePath(png).with_suffix(f".{VECTOR_FORMAT}"))
 
 
 @dataclass(frozen=True)
@@ -35,7 +48,7 @@ CENSUS = FigureFamily(
 )
 FUNCTION = FigureFamily(
     names=("masking_ev", "masking_ce", "frequency", "surface_form"),
-    reads=("masking_summary.json", "features.parquet"),
+    reads=("masking_summary.json", "surface_summary.json", "features.parquet"),
 )
 GEOMETRY = FigureFamily(
     names=("spectra", "rank_vs_count", "transfer", "angles"),

@@ -3,15 +3,20 @@ that a reader sees the result before running anything.
 
 ``python -m saestab.gallery [results/figures] [docs/gallery]`` (or ``make gallery``) rewrites the
 gallery from the figures of the last run; figures that the run did not make are skipped and named.
-With ``--summary results/summary.json --readme README.md`` it also rewrites the README's results
-table (between the ``<!-- summary:begin -->`` and ``<!-- summary:end -->`` markers) from the
-run's summary, so that no number in the README is typed by hand.
+With ``--readme README.md`` it also rewrites the README's gallery (between the
+``<!-- gallery:begin -->`` and ``<!-- gallery:end -->`` markers: one figure per row, at most
+:data:`saestab.figures.README_WIDTH_PX` wide, the width the figures are drawn to be read at), and
+with ``--summary results/summary.json`` its results table (between ``<!-- summary:begin -->`` and
+``<!-- summary:end -->``) from the run's summary, so that no number in the README is typed by
+hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import io
+from .figures import README_WIDTH_PX
 
 # (figure under results/figures, caption) in the order the README shows them
 MAIN_FIGURES: tuple[tuple[str, str], ...] = (
@@ -58,6 +64,21 @@ def build(figures: Path, out: Path, max_width: int = 900) -> list[Path]:
 
 
 BEGIN, END = "<!-- summary:begin -->", "<!-- summary:end -->"
+GALLERY_BEGIN, GALLERY_END = "<!-- gallery:begin -->", "<!-- gallery:end -->"
+
+
+def readme_gallery(files: Sequence[Path], relative_to: Path) -> str:
+    """The README's gallery: each written figure (:func:`build`) on its own row, shown at its
+    width up to :data:`README_WIDTH_PX`, with its caption from :data:`MAIN_FIGURES`."""
+    captions = {rel.replace("/", "-"): cap for rel, cap in MAIN_FIGURES}
+    rows = []
+    for f in files:
+        with Image.open(f) as im:
+            width = min(im.width, README_WIDTH_PX)
+        src = Path(os.path.relpath(f, relative_to)).as_posix()
+        cap = html.escape(captions[f.name])
+        rows.append(f'<p><img src="{src}" width="{width}" alt="{cap}"><br>{cap}</p>')
+    return "\n".join(rows)
 
 
 def _num(x: float | None) -> str:
@@ -77,16 +98,17 @@ def readme_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, table: str) -> None:
-    """Replace what lies between the summary markers of ``readme`` with ``table``."""
+def update_readme(readme: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace what lies between the ``begin`` and ``end`` markers of ``readme`` (by default
+    the results table's) with ``table``."""
     text = readme.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
-        raise io.InputError(f"{readme}: no '{BEGIN}' ... '{END}' block to write the results "
-                            "table into; add the two markers where the table belongs")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    if begin not in text or end not in text or text.index(begin) > text.index(end):
+        raise io.InputError(f"{readme}: no '{begin}' ... '{end}' block to write into; add the "
+                            "two markers where it belongs")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
     with io.atomic_path(readme) as tmp:
-        tmp.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}", encoding="utf-8")
+        tmp.write_text(f"{head}{begin}\n{table}\n{end}{tail}", encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,11 +117,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("out", nargs="?", default="docs/gallery", type=Path)
     ap.add_argument("--max-width", type=int, default=900)
     ap.add_argument("--summary", type=Path, help="a run's summary.json (writes the README table)")
-    ap.add_argument("--readme", type=Path, default=Path("README.md"))
+    ap.add_argument("--readme", type=Path, help="the README whose gallery (and, with "
+                    "--summary, results table) to rewrite")
     args = ap.parse_args(argv)
     files = build(args.figures, args.out, args.max_width)
     print(f"gallery: {len(files)} figures in {args.out}")
+    if args.readme is not None and files:
+        update_readme(args.readme, readme_gallery(files, args.readme.parent), GALLERY_BEGIN,
+                      GALLERY_END)
+        print(f"gallery: figures in {args.readme} rewritten")
     if args.summary is not None:
+        if args.readme is None:
+            ap.error("--summary needs --readme")
         if not args.summary.is_file():
             raise io.InputError(f"{args.summary}: no summary; run the workflow first (make run)")
         update_readme(args.readme, readme_table(json.loads(args.summary.read_text())))

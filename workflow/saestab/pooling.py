@@ -585,6 +585,15 @@ def c7_block(splits: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def split_intervals(splits: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per statistic (``mutual_stability``, ``ev``) and kind (:data:`KINDS`): the mean of the
+    per-split values with a Student-t interval over the splits (``summary["splits"]``; splits
+    share seeds, so the interval is on the narrow side, as in :func:`c7_block`)."""
+    return {what: {k: resampling.mean_of(np.array([s[f"{what}_{k}"] for s in splits]))
+                   for k in KINDS if all(f"{what}_{k}" in s for s in splits)}
+            for what in ("mutual_stability", "ev")}
+
+
 def pool_table(summary: dict[str, Any]) -> pd.DataFrame:
     """One row per kind: EV, L0 and mutual stability (mean, sd, n) from a pool summary."""
     rows = []

@@ -534,6 +534,20 @@ def _c5_block(transfer: pd.DataFrame) -> dict[str, Any] | None:
     return block
 
 
+def median_angle_intervals(angles: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per kind of subspace pair (``cross``: two seeds' unstable subspaces, ``random``: two
+    random subspaces): the median principal angle of each seed pair, averaged over pairs, with
+    a leave-one-seed-out jackknife interval (:func:`pair_jackknife`). ``angles`` is the table
+    :func:`run_geometry` writes (``seed_a, seed_b, kind, angle_deg``)."""
+    out = {}
+    seeds = sorted(set(angles["seed_a"]) | set(angles["seed_b"]))
+    for kind, g in angles.groupby("kind"):
+        med = g.groupby(["seed_a", "seed_b"])["angle_deg"].median().reset_index(name="share")
+        out[str(kind)] = {k: v for k, v in pair_jackknife(_sym(_pair_matrix(med, seeds))).items()
+                          if k != "replicates"}
+    return out
+
+
 def _sym(m: np.ndarray) -> np.ndarray:
     """Fill the unset half of a matrix computed once per unordered pair."""
     out = m.copy()

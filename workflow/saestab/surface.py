@@ -211,6 +211,33 @@ def compare_labels(table: pd.DataFrame, metrics: Sequence[str] = METRICS,
                                        "ks_p"])
 
 
+def binned_profile(table: pd.DataFrame, metric: str, n_bins: int = 8, min_count: int = 3,
+                   labels: Sequence[str] = ("stable", "unstable")) -> pd.DataFrame:
+    """Mean of ``metric`` per label within log-frequency bins shared by every anchor (the edges
+    span the live features of ``table``, which holds several anchors' rows: ``seed``, ``label``,
+    ``frequency``, the metric), with an interval over the anchor SAEs: each anchor's mean in a
+    bin (where it has at least ``min_count`` features of the label) is one value, and the
+    interval is that of their mean (:func:`saestab.resampling.mean_of`; NaN with fewer than three
+    anchors). One row per (label, bin) with a value: ``label, bin, log10_freq_centre, mean,
+    ci_low, ci_high, n_anchors``."""
+    bins, edges = frequency_bins(table["frequency"].to_numpy(), n_bins)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    t = table.assign(_bin=bins)
+    t = t[t["_bin"] >= 0]
+    rows = []
+    for lab in labels:
+        sub = t[t["label"] == lab]
+        per = sub.groupby(["_bin", "seed"])[metric].agg(["mean", "count"])
+        per = per[per["count"] >= min_count]
+        for b, g in per.groupby(level="_bin"):
+            iv = resampling.mean_of(g["mean"].to_numpy())
+            rows.append({"label": lab, "bin": int(b), "log10_freq_centre": float(centres[b]),
+                         "mean": iv["mean"], "ci_low": iv["ci_low"], "ci_high": iv["ci_high"],
+                         "n_anchors": int(len(g))})
+    return pd.DataFrame(rows, columns=["label", "bin", "log10_freq_centre", "mean", "ci_low",
+                                       "ci_high", "n_anchors"])
+
+
 def binned_difference(comparison: pd.DataFrame, metric: str) -> float:
     """Mean (unstable - stable) of ``metric`` within frequency bins, weighted by the number of
     unstable features per bin: the frequency-matched contrast. NaN without usable bins."""

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import activations, io, resampling
+from . import activations, io, resampling, stability
 from .logs import get_logger
 
 log = get_logger("synthetic")
@@ -297,7 +297,7 @@ class Recovery:
 
 def recovery(directions: Sequence[np.ndarray], seeds: Sequence[int], truth: Truth,
              features: pd.DataFrame, *, assign_threshold: float = 0.5,
-             theta: float | None = None, high_rank: int = 4) -> Recovery:
+             theta: float | None = None, eps: float = 0.05, high_rank: int = 4) -> Recovery:
     """Recovery of the ground truth by the SAEs of one configuration.
 
     ``directions``: per seed, the (m, d) decoder directions; ``features``: the census table
@@ -306,8 +306,9 @@ def recovery(directions: Sequence[np.ndarray], seeds: Sequence[int], truth: Trut
     seed: the best cosine of any latent to each of the component's basis directions (for a point
     feature: the usual best-match cosine), how many latents it got, and the principal angles
     between its true subspace and the top-``r`` span of its latents; across seeds: the angles
-    between two seeds' recovered spans. With ``theta`` (the census's match threshold), the
-    summary also holds the seed-level ``c6`` block (:func:`c6_block`).
+    between two seeds' recovered spans. With ``theta`` (the census's match threshold, and ``eps``
+    its label threshold), the summary also holds the seed-level ``c6`` block (:func:`c6_block`)
+    and the intervals the figures draw (:func:`recovery_intervals`).
     """
     comps = truth.components()
     bases = truth.bases()
@@ -364,79 +365,146 @@ def recovery(directions: Sequence[np.ndarray], seeds: Sequence[int], truth: Trut
         "by_rank": by_rank.to_dict(orient="records"),
     }
     if theta is not None:
-        summary["c6"] = c6_block(latents, cross_seed, directions, seeds, theta, high_rank)
+        maxcos = _decoder_maxcos(directions)
+        summary["c6"] = c6_block(latents, cross_seed, directions, seeds, theta, high_rank,
+                                 maxcos=maxcos)
         summary["c6"]["by_rank"] = summary["by_rank"]
+        summary["intervals"] = recovery_intervals(latents, components, cross_seed, maxcos, seeds,
+                                                  theta, eps)
     return Recovery(latents=latents, components=components, cross_seed=cross_seed,
                     by_rank=by_rank, summary=summary)
 
 
+def _latent_interval(maxcos: np.ndarray, latents: pd.DataFrame, mask: pd.Series,
+                     pos: Mapping[int, int], theta: float, eps: float | None = None
+                     ) -> dict[str, Any] | None:
+    """Mean p̂ of the latents selected by ``mask`` (with ``eps``: the share of them labelled
+    stable) with a leave-one-seed-out jackknife interval; every replicate recomputes each
+    latent's p̂ against the seeds it keeps, so no seed is matched against itself. None when no
+    latent is selected."""
+    chosen = latents[mask]
+    per_seed = {pos[s]: g["feature"].to_numpy() for s, g in chosen.groupby("seed")}
+    if not per_seed:
+        return None
+
+    def stat(idx: Sequence[int]) -> float:
+        vals = []
+        for a in idx:
+            feats = per_seed.get(a)
+            if feats is None or len(feats) == 0:
+                continue
+            others = [b for b in idx if b != a]
+            X = (maxcos[a][others][:, feats].astype(np.float32) >= np.float32(theta)).sum(axis=0)
+            vals.append(X / len(others) if eps is None else
+                        (stability._label_codes(X, len(others), eps) == 0).astype(np.float64))
+        return float(np.concatenate(vals).mean()) if vals else float("nan")
+
+    return resampling.jackknife(list(range(maxcos.shape[0])), stat)
+
+
+def _overlap_interval(cross_seed: pd.DataFrame, mask: pd.Series, pos: Mapping[int, int]
+                      ) -> dict[str, Any] | None:
+    """Cross-seed overlap of the recovered subspaces of the components selected by ``mask``:
+    mean over seed pairs with a leave-one-seed-out jackknife interval; None when none."""
+    from .subspaces import pair_jackknife
+
+    cs = cross_seed[mask]
+    if not len(cs):
+        return None
+    m = np.full((len(pos), len(pos)), np.nan)
+    for (a, b), g in cs.groupby(["seed_a", "seed_b"]):
+        m[pos[a], pos[b]] = m[pos[b], pos[a]] = g["overlap"].mean()
+    return pair_jackknife(m)
+
+
+def _decoder_maxcos(directions: Sequence[np.ndarray]) -> np.ndarray:
+    from .matching import pairwise_max_cosine
+
+    maxcos, _ = pairwise_max_cosine([np.asarray(d, dtype=np.float32) for d in directions])
+    return maxcos
+
+
 def c6_block(latents: pd.DataFrame, cross_seed: pd.DataFrame,
              directions: Sequence[np.ndarray], seeds: Sequence[int], theta: float,
-             high_rank: int = 4) -> dict[str, Any]:
+             high_rank: int = 4, maxcos: np.ndarray | None = None) -> dict[str, Any]:
     """What the C6 verdict reads, with leave-one-seed-out jackknife intervals over the seeds
     (p̂ recomputed on every subset of seeds, so no seed is matched against itself):
 
     ``groups`` (groups of rank >= ``high_rank``): cross-seed overlap of the recovered subspaces and
     the mean p̂ of the latents assigned to them; ``points``: mean p̂ of point-feature latents;
     ``null_rank1``: the group statistics on rank-1 groups, which behave like points (a known
-    negative: their latents are stable, so the group rule must fail on them).
+    negative: their latents are stable, so the group rule must fail on them). ``maxcos``: the
+    seeds' pairwise best-match table, computed from ``directions`` when not given.
     """
-    from .matching import pairwise_max_cosine
-    from .subspaces import pair_jackknife
-
-    maxcos, _ = pairwise_max_cosine([np.asarray(d, dtype=np.float32) for d in directions])
+    maxcos = _decoder_maxcos(directions) if maxcos is None else maxcos
     seeds = [int(s) for s in seeds]
     pos = {s: i for i, s in enumerate(seeds)}
-    S = len(seeds)
-
-    def p_hat_interval(mask: pd.Series) -> dict[str, Any] | None:
-        chosen = latents[mask]
-        per_seed = {pos[s]: g["feature"].to_numpy() for s, g in chosen.groupby("seed")}
-        if not per_seed:
-            return None
-
-        def stat(idx: Sequence[int]) -> float:
-            vals = []
-            for a in idx:
-                feats = per_seed.get(a)
-                if feats is None or len(feats) == 0:
-                    continue
-                others = [b for b in idx if b != a]
-                hits = maxcos[a][others][:, feats].astype(np.float32) >= np.float32(theta)
-                vals.append(hits.mean(axis=0))
-            return float(np.concatenate(vals).mean()) if vals else float("nan")
-
-        return resampling.jackknife(list(range(S)), stat)
-
-    def overlap_interval(mask: pd.Series) -> dict[str, Any] | None:
-        cs = cross_seed[mask]
-        if not len(cs):
-            return None
-        m = np.full((S, S), np.nan)
-        for (a, b), g in cs.groupby(["seed_a", "seed_b"]):
-            m[pos[a], pos[b]] = m[pos[b], pos[a]] = g["overlap"].mean()
-        return pair_jackknife(m)
 
     def group_stats(lat_mask: pd.Series, cs_mask: pd.Series, ranks: list[int]
                     ) -> dict[str, Any] | None:
         if not ranks:
             return None
-        return {"ranks": ranks, "overlap": overlap_interval(cs_mask),
-                "latent_p_hat": p_hat_interval(lat_mask)}
+        return {"ranks": ranks, "overlap": _overlap_interval(cross_seed, cs_mask, pos),
+                "latent_p_hat": _latent_interval(maxcos, latents, lat_mask, pos, theta)}
 
     group = (latents["kind"] == "group")
     cs_group = cross_seed["kind"] == "group"
     high = sorted({int(r) for r in cross_seed.loc[cs_group & (cross_seed["rank"] >= high_rank),
                                                   "rank"]})
     return {
-        "high_rank": high_rank, "theta": theta, "n_seeds": S,
+        "high_rank": high_rank, "theta": theta, "n_seeds": len(seeds),
         "groups": group_stats(group & (latents["rank"] >= high_rank),
                               cs_group & (cross_seed["rank"] >= high_rank), high),
-        "points": {"latent_p_hat": p_hat_interval(latents["kind"] == "point")},
+        "points": {"latent_p_hat": _latent_interval(maxcos, latents, latents["kind"] == "point",
+                                                    pos, theta)},
         "null_rank1": group_stats(group & (latents["rank"] == 1),
                                   cs_group & (cross_seed["rank"] == 1),
                                   [1] if (cs_group & (cross_seed["rank"] == 1)).any() else []),
     }
+
+
+def _without_replicates(iv: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if iv is None else {k: v for k, v in iv.items() if k != "replicates"}
+
+
+def recovery_intervals(latents: pd.DataFrame, components: pd.DataFrame,
+                       cross_seed: pd.DataFrame, maxcos: np.ndarray, seeds: Sequence[int],
+                       theta: float, eps: float) -> dict[str, list[dict[str, Any]]]:
+    """Seed-level intervals of what the recovery figures show.
+
+    ``by_rank``, per component type (point features; groups of each rank): the mean p̂ of the
+    latents assigned to it and the share of them labelled stable (jackknife over seeds with p̂
+    recomputed, :func:`_latent_interval`), the overlap of the recovered subspaces with the truth
+    (one value per seed, t interval of the mean over seeds) and their cross-seed overlap (pair
+    jackknife). ``components``, per ground-truth component: the mean p̂ of its latents
+    (jackknife) and its largest principal angle to the truth (t interval over seeds).
+    """
+    pos = {int(s): i for i, s in enumerate(seeds)}
+    by_rank = []
+    for (kind, rank), comp in components.groupby(["kind", "rank"], sort=True):
+        lat = (latents["kind"] == kind) & (latents["rank"] == rank)
+        cs = (cross_seed["kind"] == kind) & (cross_seed["rank"] == rank)
+        by_rank.append({
+            "kind": str(kind), "rank": int(rank),
+            "latent_p_hat": _without_replicates(
+                _latent_interval(maxcos, latents, lat, pos, theta)),
+            "latent_stable_fraction": _without_replicates(
+                _latent_interval(maxcos, latents, lat, pos, theta, eps)),
+            "truth_overlap": _without_replicates(
+                resampling.mean_of(comp.groupby("seed")["overlap"].mean().to_numpy())),
+            "cross_seed_overlap": _without_replicates(_overlap_interval(cross_seed, cs, pos)),
+        })
+    per_component = []
+    for c, comp in components.groupby("component", sort=True):
+        per_component.append({
+            "component": int(c), "kind": str(comp["kind"].iloc[0]),
+            "rank": int(comp["rank"].iloc[0]),
+            "p_hat": _without_replicates(
+                _latent_interval(maxcos, latents, latents["component"] == c, pos, theta)),
+            "max_angle_deg": _without_replicates(
+                resampling.mean_of(comp["max_angle_deg"].to_numpy())),
+        })
+    return {"by_rank": by_rank, "components": per_component}
 
 
 def _by_rank(latents: pd.DataFrame, components: pd.DataFrame,

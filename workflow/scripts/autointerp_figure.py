@@ -9,5 +9,5 @@ from saestab.plotting import autointerp as figures
 
 sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
-figures.surface_share(sm.params.configs, sm.output[0])
-log.info("wrote %s", sm.output[0])
+figures.surface_share(sm.params.configs, sm.output.png)
+log.info("wrote %s and %s", sm.output.png, sm.output.vector)

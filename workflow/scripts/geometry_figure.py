@@ -9,5 +9,5 @@ from saestab.plotting import geometry
 
 sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
-geometry.FIGURES[sm.wildcards.figure](sm.params.configs, sm.output[0])
-log.info("wrote %s", sm.output[0])
+geometry.FIGURES[sm.wildcards.figure](sm.params.configs, sm.output.png)
+log.info("wrote %s and %s", sm.output.png, sm.output.vector)

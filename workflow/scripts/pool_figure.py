@@ -15,4 +15,4 @@ with io.atomic_path(sm.output.csv) as tmp:
     df.to_csv(tmp, index=False)
 with io.atomic_path(sm.output.md) as tmp:
     tmp.write_text(pool.pool_table_markdown(df))
-log.info("wrote %s, %s", sm.output.figure, sm.output.md)
+log.info("wrote %s, %s, %s", sm.output.figure, sm.output.vector, sm.output.md)

@@ -14,7 +14,8 @@ directions = [load_sae(d).decoder_directions().detach().numpy() for d in dirs]
 rec = synthetic.recovery(directions, [int(d.name[4:]) for d in dirs],
                          synthetic.read_truth(sm.input.truth),
                          stability.read_table(sm.input.features),
-                         assign_threshold=sm.params.assign_threshold, theta=sm.params.theta)
+                         assign_threshold=sm.params.assign_threshold, theta=sm.params.theta,
+                         eps=sm.params.eps)
 synthetic.write_recovery(rec, Path(sm.output.summary).parent)
 for row in rec.summary["by_rank"]:
     log.info("%s rank %d: latent p_hat %.2f, truth overlap %.3f, cross-seed overlap %.3f",

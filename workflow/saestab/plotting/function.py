@@ -6,17 +6,33 @@ directory the masking and surface rules wrote (``masking.parquet``, ``features.p
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter
 
 from .. import stability
 from ..masking import SET_ORDER
-from ..surface import frequency_bins
-from .base import WEIGHTS_ORDER, Config, finish_panels, label, save, style, weights_panels
+from ..surface import binned_profile
+from .base import (
+    INTERVAL_ALPHA,
+    LABEL_STYLES,
+    WEIGHTS_ORDER,
+    Config,
+    band,
+    colour_key,
+    colours,
+    interval_errors,
+    label,
+    label_key,
+    legend_below,
+    panels,
+    save,
+    weights_panels,
+)
 
 SET_LABELS = {
     "stable": "all stable", "unstable": "all unstable", "stable_matched": "stable (mass)",
@@ -35,87 +51,101 @@ PAIR_LABELS = {"mass": "stable /\nmass-matched",
 METRIC_NAMES = {"delta_ev": "ΔEV", "delta_ce_err": "ΔCE (error kept)"}
 
 
-def _summary(c: Config) -> dict:
-    return json.loads((Path(c["dir"]) / "masking_summary.json").read_text())
+RATIO_LINEAR_LIMIT = 10.0  # ratio axes switch to symlog past this, so that 1 stays readable
 
 
-def _bars(configs: Sequence[Config], out: str | Path, metrics: Sequence[tuple[str, str]],
-          ) -> None:
-    """Grouped bars of ``metric`` per feature set (mean and t-interval over anchors): one row
-    per metric, one column per weights, one colour per configuration."""
-    style()
-    weights = [w for w in WEIGHTS_ORDER if any(c["weights"] == w for c in configs)]
-    fig, axes = plt.subplots(len(metrics) + 1, len(weights), figsize=(7.5 * len(weights),
-                             3.3 * (len(metrics) + 1)), squeeze=False)
-    x = np.arange(len(SET_ORDER))
-    for col, w in enumerate(weights):
-        cs = [c for c in configs if c["weights"] == w]
-        width = 0.8 / max(len(cs), 1)
-        for row, (metric, ylabel) in enumerate(metrics):
-            ax = axes[row, col]
-            for i, c in enumerate(cs):
-                sets = _summary(c)["sets"]
-                if metric not in sets.get("none", {}):
-                    continue
-                nan = {"mean": np.nan, "ci_low": np.nan, "ci_high": np.nan}
-                shown = [sets.get(s, {}).get(metric, nan) for s in SET_ORDER]
-                mean = np.array([v["mean"] for v in shown])
-                lo = np.array([v["ci_low"] for v in shown])
-                hi = np.array([v["ci_high"] for v in shown])
-                err = np.nan_to_num(np.vstack([mean - lo, hi - mean]))
-                ax.bar(x + (i - (len(cs) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
-                       color=f"C{i}", label=label(c))
-            ax.axhline(0, color="k", lw=0.6)
-            ax.set_xticks(x, [SET_LABELS[s] for s in SET_ORDER] if row == len(metrics) - 1
-                          else [""] * len(x), rotation=30, ha="right")
-            ax.set_ylabel(ylabel)
-            if row == 0:
-                ax.set_title(f"{w} weights")
-                if ax.get_legend_handles_labels()[0]:
-                    ax.legend(fontsize=8)
-        _ratios(axes[len(metrics), col], cs, metrics[0][0])
-    fig.tight_layout()
-    save(fig, out)
+def _summary(c: Config, name: str = "masking_summary.json") -> dict:
+    return json.loads((Path(c["dir"]) / name).read_text())
 
 
-def _ratios(ax: plt.Axes, configs: Sequence[Config], metric: str) -> None:
+def _set_bars(ax: plt.Axes, configs: Sequence[Config], metric: str, sets: Sequence[str],
+              colour: Mapping[str, str]) -> None:
+    """Horizontal bars of ``metric`` per feature set, one colour per configuration: the mean
+    over anchor SAEs with its 95% t interval over them (each anchor SAE is one unit)."""
+    y = np.arange(len(sets))
+    height = 0.8 / max(len(configs), 1)
+    for i, c in enumerate(configs):
+        got = _summary(c)["sets"]
+        mean, err = interval_errors([got.get(s, {}).get(metric) for s in sets])
+        ax.barh(y + (i - (len(configs) - 1) / 2) * height, mean, height, xerr=err,
+                color=colour[label(c)], label=label(c),
+                error_kw={"capsize": 2, "elinewidth": 0.9})
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_yticks(y, [SET_LABELS[s] for s in sets])
+    ax.set_ylim(len(sets) - 0.5, -0.5)  # first set on top
+
+
+def _ratio_bars(ax: plt.Axes, configs: Sequence[Config], metric: str,
+                colour: Mapping[str, str]) -> None:
     """The C3 ratios (stable side / matched side, ratio of means over anchors with the
     leave-one-anchor-out jackknife interval) for the mass- and energy-matched pairs and the null
-    pairs of equal effect, which should sit at 1."""
+    pairs of equal effect, which should sit at 1 (dashed)."""
     pairs = list(PAIR_LABELS)
-    x = np.arange(len(pairs))
-    width = 0.8 / max(len(configs), 1)
+    y = np.arange(len(pairs))
+    height = 0.8 / max(len(configs), 1)
+    reach = 0.0
     for i, c in enumerate(configs):
         c3 = _summary(c).get("c3", {})
         blocks = {"mass": c3.get("mass"), "energy": c3.get("energy"),
                   "null_mass": (c3.get("null") or {}).get("mass"),
                   "null_energy": (c3.get("null") or {}).get("energy")}
         got = [((blocks[p] or {}).get(metric) or {}).get("ratio") for p in pairs]
-        if not any(got):
-            continue
-        nan = {"mean": np.nan, "ci_low": np.nan, "ci_high": np.nan}
-        r = [g or nan for g in got]
-        mean = np.array([v["mean"] for v in r])
-        err = np.nan_to_num(np.abs(np.vstack([mean - np.array([v["ci_low"] for v in r]),
-                                               np.array([v["ci_high"] for v in r]) - mean])))
-        ax.bar(x + (i - (len(configs) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
-               color=f"C{i}", label=label(c))
-    ax.axhline(1, color="k", lw=0.8, ls="--")
-    ax.set_xticks(x, [PAIR_LABELS[p] for p in pairs])
-    ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)} ratio, ratio of means\n"
-                  "(jackknife over anchors)")
+        mean, err = interval_errors(got)
+        ax.barh(y + (i - (len(configs) - 1) / 2) * height, mean, height, xerr=err,
+                color=colour[label(c)], label=label(c),
+                error_kw={"capsize": 2, "elinewidth": 0.9})
+        ends = np.abs(np.r_[mean - err[0], mean + err[1]])
+        reach = max(reach, float(np.nanmax(ends)) if np.isfinite(ends).any() else 0.0)
+    ax.axvline(1, color="k", lw=0.8, ls="--")
+    ax.axvline(0, color="k", lw=0.6)
+    if reach > RATIO_LINEAR_LIMIT:  # a ratio of two near-zero effects: keep 1 readable
+        ax.set_xscale("symlog", linthresh=1)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_yticks(y, [PAIR_LABELS[p] for p in pairs])
+    ax.set_ylim(len(pairs) - 0.5, -0.5)
+
+
+def _masking_figure(configs: Sequence[Config], out: str | Path,
+                    metrics: Sequence[tuple[str, str, str]], ratio_metric: str) -> None:
+    """One row per weights setting: a panel per ``(metric, title, axis label)`` over the feature
+    sets (the first with the set names, the others sharing its rows) and the C3 ratio panel of
+    ``ratio_metric``."""
+    weights = [w for w in WEIGHTS_ORDER if any(c["weights"] == w for c in configs)]
+    colour = colours(configs)
+    ncols = len(metrics) + 1
+    fig, axes = panels(len(weights), ncols, 3.4,
+                       gridspec_kw={"width_ratios": [1.0] * len(metrics) + [0.8]})
+    for row, w in enumerate(weights):
+        cs = [c for c in configs if c["weights"] == w]
+        for col, (metric, title, xlabel) in enumerate(metrics):
+            ax = axes[row, col]
+            _set_bars(ax, cs, metric, SET_ORDER, colour)
+            ax.set(xlabel=xlabel, title=f"{w} weights\n{title}")
+            if col:
+                ax.sharey(axes[row, 0])
+                ax.tick_params(labelleft=False)
+        ax = axes[row, -1]
+        _ratio_bars(ax, cs, ratio_metric, colour)
+        ax.set(xlabel=f"{METRIC_NAMES.get(ratio_metric, ratio_metric)} ratio",
+               title=f"{w} weights\nC3 ratios")
+    legend_below(fig, title="bars: mean over anchor SAEs with 95% interval over them (ratios: "
+                            "ratio of means, jackknife over anchors); dashed: ratio 1")
+    save(fig, out)
 
 
 def masking_ev(configs: Sequence[Config], out: str | Path) -> None:
-    """Drop in explained variance when each feature set is masked."""
-    _bars(configs, out, [("delta_ev", "ΔEV (eval split)")])
+    """Drop in explained variance when each feature set is masked, and the C3 ratios."""
+    _masking_figure(configs, out, [("delta_ev", "ΔEV per set", "ΔEV (eval split)")],
+                    "delta_ev")
 
 
 def masking_ce(configs: Sequence[Config], out: str | Path) -> None:
     """Rise in next-token cross-entropy with the masked reconstruction spliced in, with the SAE
-    error term kept (only the features' effect) and without it."""
-    _bars(configs, out, [("delta_ce_err", "ΔCE, error term kept (nats)"),
-                         ("delta_ce_noerr", "ΔCE, reconstruction only (nats)")])
+    error term kept (only the features' effect) for every set and without it (the
+    reconstruction alone) for the sets measured that way, and the C3 ratios of the former."""
+    _masking_figure(configs, out, [("delta_ce_err", "error term kept", "ΔCE (nats)"),
+                                   ("delta_ce_noerr", "reconstruction only", "ΔCE (nats)")],
+                    "delta_ce_err")
 
 
 def _features(c: Config) -> pd.DataFrame:
@@ -125,52 +155,63 @@ def _features(c: Config) -> pd.DataFrame:
 
 
 def frequency(configs: Sequence[Config], out: str | Path) -> None:
-    """Distribution of log10 firing frequency of stable and unstable features (all anchors)."""
-    style()
-    fig, panels = weights_panels(configs)
+    """Distribution of log10 firing frequency of stable and unstable features (all anchors), and
+    each label's median frequency: the mean over anchor SAEs of their medians with its 95%
+    interval over them (shaded; each anchor's ratio of these medians is the C4 statistic)."""
+    fig, axes = weights_panels(configs)
     for i, c in enumerate(configs):
         df = _features(c)
+        s = _summary(c, "surface_summary.json")
         live = df[df["frequency"] > 0]
         edges = np.linspace(np.log10(live["frequency"].min()), 0, 30)
-        for lab, ls in (("stable", "-"), ("unstable", "--")):
+        ax = axes[c["weights"]]
+        for lab, ls in LABEL_STYLES:
             v = np.log10(live.loc[live["label"] == lab, "frequency"])
-            if len(v):
-                panels[c["weights"]].hist(v, bins=edges, density=True, histtype="step", ls=ls,
-                                          color=f"C{i}", lw=1.4, label=f"{label(c)} {lab}")
-    finish_panels(fig, panels, out, xlabel="log10 firing frequency", ylabel="density",
-                  ylim=(0, None), legend_size=7)
+            if not len(v):
+                continue
+            ax.hist(v, bins=edges, density=True, histtype="step", ls=ls, color=f"C{i}", lw=1.4)
+            med = s[f"median_frequency_{lab}"]
+            ax.axvline(np.log10(med["mean"]), color=f"C{i}", ls=ls, lw=0.9)
+            if np.isfinite(med["ci_low"]) and med["ci_low"] > 0:
+                ax.fill_betweenx([0, 1], np.log10(med["ci_low"]), np.log10(med["ci_high"]),
+                                 transform=ax.get_xaxis_transform(), color=f"C{i}",
+                                 alpha=INTERVAL_ALPHA, lw=0)
+    for w, ax in axes.items():
+        ax.set(title=f"{w} weights", xlabel="log10 firing frequency (train split)", ylim=(0, None))
+    next(iter(axes.values())).set_ylabel("density")
+    legend_below(fig, extra=colour_key(configs) + label_key(),
+                 title="vertical lines: each label's median frequency, mean over anchor SAEs; "
+                       "shaded: its 95% interval over them")
+    save(fig, out)
 
 
 def surface_form(configs: Sequence[Config], out: str | Path) -> None:
     """Top-token share and punctuation share of stable and unstable features within
-    log-frequency bins (the frequency-matched view of surface form)."""
-    style()
+    log-frequency bins (the frequency-matched view of surface form): the mean over anchor SAEs
+    of each anchor's bin mean, with its 95% interval over them
+    (:func:`saestab.surface.binned_profile`)."""
     weights = [w for w in WEIGHTS_ORDER if any(c["weights"] == w for c in configs)]
     metrics = [("top_token_share", "share of top activations\non the most common token"),
                ("punct_share", "share of top activations\non punctuation")]
-    fig, axes = plt.subplots(len(metrics), len(weights), figsize=(4.8 * len(weights), 6.4),
-                             squeeze=False, sharey="row")
+    fig, axes = panels(len(metrics), len(weights), 3.0, sharey="row")
     for i, c in enumerate(configs):
         df = _features(c)
         col = weights.index(c["weights"])
-        bins, edges = frequency_bins(df["frequency"].to_numpy(), 8)
-        centres = 0.5 * (edges[1:] + edges[:-1])
         for row, (metric, ylabel) in enumerate(metrics):
             ax = axes[row, col]
-            for lab, marker, ls in (("stable", "o", "-"), ("unstable", "x", "--")):
-                sel = df["label"].to_numpy() == lab
-                means = [df.loc[sel & (bins == b), metric].mean() if np.sum(sel & (bins == b))
-                         >= 3 else np.nan for b in range(len(centres))]
-                ax.plot(centres, means, marker=marker, ls=ls, color=f"C{i}", ms=4,
-                        label=f"{label(c)} {lab}")
+            prof = binned_profile(df, metric)
+            for lab, ls in LABEL_STYLES:
+                p = prof[prof["label"] == lab]
+                ax.plot(p["log10_freq_centre"], p["mean"], marker="o", ls=ls, color=f"C{i}",
+                        ms=4)
+                band(ax, p["log10_freq_centre"], p["ci_low"], p["ci_high"], f"C{i}")
             ax.set(ylim=(-0.02, 1.02), ylabel=ylabel if col == 0 else "")
             if row == 0:
                 ax.set_title(f"{c['weights']} weights")
             if row == len(metrics) - 1:
                 ax.set_xlabel("log10 firing frequency (bin centre)")
-    for ax in axes.ravel():
-        if ax.lines:
-            ax.legend(fontsize=7)
+    legend_below(fig, extra=colour_key(configs) + label_key(),
+                 title="shaded: 95% interval over anchor SAEs")
     save(fig, out)
 
 

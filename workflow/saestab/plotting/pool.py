@@ -13,10 +13,21 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
 from .. import stability
-from ..pooling import KINDS
-from .base import WEIGHTS_ORDER, Config, label, save, style
+from ..pooling import KINDS, split_intervals
+from .base import (
+    WEIGHTS_ORDER,
+    WIDTH,
+    Config,
+    colour_key,
+    errorbars,
+    label,
+    legend_below,
+    save,
+    style,
+)
 
 KIND_LABELS = {
     "standard": "standard SAEs (cross-seed)",
@@ -35,49 +46,64 @@ def _summary(c: Config) -> dict:
 
 
 def pool_stability(configs: Sequence[Config], out: str | Path) -> None:
-    """CDF of the best cross-subset match cosine, pools vs standard SAEs (one panel per weights
-    setting, one colour per variant), and a panel of EV per configuration and kind."""
-    style()
+    """Top: CDF of the best cross-subset match cosine, pools vs standard SAEs, on the first seed
+    split (one panel per weights setting, one colour per configuration; the share right of θ is
+    the mutual stability), and beside θ one minus the mutual stability over all seed splits with
+    its interval. Bottom: explained variance per configuration and kind (mean over the
+    SAEs of the first split with a t interval over them) and mutual stability (mean over all
+    seed splits with a t interval over them, :func:`saestab.pooling.split_intervals`)."""
     weights = [w for w in WEIGHTS_ORDER if any(c["weights"] == w for c in configs)]
-    fig, axes = plt.subplots(1, len(weights) + 1, figsize=(4.6 * (len(weights) + 1), 3.8),
-                             squeeze=False)
-    panels = dict(zip(weights, axes[0][:len(weights)], strict=True))
+    top = weights if len(weights) > 1 else weights * 2
+    style()
+    fig, axes = plt.subplot_mosaic([top, ["ev", "stability"]], figsize=(WIDTH, 6.4),
+                                   layout="constrained")
     theta = None
     for i, c in enumerate(configs):
         s = _summary(c)
         theta = s["theta"]
         cross = stability.read_table(Path(c["dir"]) / "cross_maxcos.parquet",
                                      what="pool cross max-cosine table")
-        ax = panels[c["weights"]]
-        for kind in ("standard", "pool_before", "pool_after"):
+        ax = axes[c["weights"]]
+        mutual = split_intervals(s["splits"])["mutual_stability"]
+        shown = ("standard", "pool_before", "pool_after")
+        for j, kind in enumerate(shown):
             x, F = stability.ecdf(cross.loc[cross["kind"] == kind, "max_cos"].to_numpy())
             ax.step(np.r_[x[:1], x], np.r_[0, F], where="post", color=f"C{i}",
-                    ls=KIND_STYLE[kind], label=f"{label(c)}: {KIND_LABELS[kind]}")
-    for w, ax in panels.items():
+                    ls=KIND_STYLE[kind])
+            if kind in mutual:  # 1 − mutual stability over all splits, beside θ
+                m = mutual[kind]
+                at = theta + (j - (len(shown) - 1) / 2) * 0.02
+                errorbars(ax, [at], [{"mean": 1 - m["mean"], "ci_low": 1 - m["ci_high"],
+                                      "ci_high": 1 - m["ci_low"]}], color=f"C{i}", ms=4,
+                          marker=KIND_MARKER[kind])
+    for j, w in enumerate(weights):
+        ax = axes[w]
         if theta is not None:
             ax.axvline(theta, color="0.5", lw=0.8)
-        ax.set(title=f"{w} weights", xlabel="best match cosine in the other subset",
-               ylim=(0, 1.01), xlim=(-0.02, 1.02))
-        ax.legend(loc="upper left", fontsize=6)
-    next(iter(panels.values())).set_ylabel("fraction of features ≤ cosine")
+        ax.set(title=f"{w} weights (curves: first seed split)",
+               xlabel="best match cosine in the other subset", ylim=(0, 1.01), xlim=(-0.02, 1.02))
+        if j == 0:
+            ax.set_ylabel("fraction of features ≤ cosine")
 
-    ax = axes[0][-1]  # EV: colour = configuration (as in the CDFs), marker = kind
-    names = []
-    for i, c in enumerate(configs):
-        s = _summary(c)
-        names.append(f"{c['weights']}\n{label(c)}")
-        for j, kind in enumerate(KINDS):
-            e = s["ev"][kind]
-            sd = e["std"] if np.isfinite(e["std"]) else 0.0
-            ax.errorbar(i + (j - 1.5) * 0.15, e["mean"], yerr=sd, marker=KIND_MARKER[kind],
-                        color=f"C{i}", ls="none")
-    for kind in KINDS:
-        ax.plot([], [], marker=KIND_MARKER[kind], color="0.3", ls="none",
-                label=KIND_LABELS[kind])
-    ax.set_xticks(range(len(configs)), names, fontsize=7)
-    ax.set(ylabel="explained variance (eval)", title="explained variance",
-           xlim=(-0.6, len(configs) - 0.4))
-    ax.legend(fontsize=6, loc="best")
+    names = [label(c).replace(" ", "\n", 1) for c in configs]
+    for key, title, ylabel in (("ev", "explained variance", "explained variance (eval)"),
+                               ("stability", "mutual stability over seed splits",
+                                "share of features matched\nin the other subset (≥ θ)")):
+        ax = axes[key]
+        for i, c in enumerate(configs):
+            s = _summary(c)
+            got = s["ev"] if key == "ev" else split_intervals(s["splits"])["mutual_stability"]
+            shown = [k for k in KINDS if k in got]
+            for j, kind in enumerate(shown):
+                errorbars(ax, [i + (j - (len(shown) - 1) / 2) * 0.15], [got[kind]],
+                          marker=KIND_MARKER[kind], color=f"C{i}", ms=5)
+        ax.set_xticks(range(len(configs)), names)
+        ax.set(ylabel=ylabel, title=title, xlim=(-0.6, len(configs) - 0.4))
+    legend_below(fig, extra=colour_key(configs) + [
+        Line2D([], [], marker=KIND_MARKER[k], ls=KIND_STYLE[k], color="0.3", label=KIND_LABELS[k])
+        for k in KINDS],
+                 title="whiskers: 95% intervals (EV: over the SAEs of the first split; mutual "
+                       "stability, and 1 − it at θ: over seed splits, which share seeds)")
     save(fig, out)
 
 
