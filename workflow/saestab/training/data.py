@@ -36,6 +36,7 @@ class Window:
     index: int
     blocks: np.ndarray  # block ids, in the epoch's block order
     start: int  # first row of the window in the epoch's order
+    n_rows: int
 
 
 class ShuffledStream:
@@ -65,13 +66,18 @@ class ShuffledStream:
     def windows(self, epoch: int) -> list[Window]:
         """The windows of ``epoch`` in order."""
         order = np.random.default_rng([self.data_seed, int(epoch)]).permutation(self.n_blocks)
-        sizes = np.minimum(self.block, self.n - order * self.block)
         out, start = [], 0
         for w, lo in enumerate(range(0, self.n_blocks, self.blocks_per_window)):
             blocks = order[lo:lo + self.blocks_per_window]
-            out.append(Window(epoch=int(epoch), index=w, blocks=blocks, start=start))
-            start += int(sizes[lo:lo + self.blocks_per_window].sum())
+            n_rows = int(self.block_sizes(blocks).sum())
+            out.append(Window(epoch=int(epoch), index=w, blocks=blocks, start=start,
+                              n_rows=n_rows))
+            start += n_rows
         return out
+
+    def block_sizes(self, blocks: np.ndarray) -> np.ndarray:
+        """Rows in each of ``blocks`` (the cache's last block may be short)."""
+        return np.minimum(self.block, self.n - blocks * self.block)
 
     def _permutation(self, window: Window, n_rows: int) -> np.ndarray:
         return np.random.default_rng([self.data_seed, window.epoch, window.index]
@@ -89,9 +95,9 @@ class ShuffledStream:
 
     def read(self, window: Window) -> torch.Tensor:
         """The rows of ``window`` in their shuffled order, scaled, on the device."""
-        sizes = np.minimum(self.block, self.n - window.blocks * self.block)
+        sizes = self.block_sizes(window.blocks)
         # scatter each block straight to its shuffled positions: one window-sized buffer
-        dest = np.empty(int(sizes.sum()), dtype=np.int64)
+        dest = np.empty(window.n_rows, dtype=np.int64)
         dest[self._permutation(window, len(dest))] = np.arange(len(dest))
         out = np.empty((len(dest), self.cache.d), dtype=np.float32)
         pos = 0
@@ -143,8 +149,7 @@ class ShuffledStream:
         last_row = (last_pos + 1) * self.batch_size
         while epoch <= last_epoch:
             for w in self.windows(epoch):
-                size = int(np.minimum(self.block, self.n - w.blocks * self.block).sum())
-                end = w.start + size
+                end = w.start + w.n_rows
                 if end <= row:
                     continue
                 if epoch == last_epoch and w.start >= last_row:
