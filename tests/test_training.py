@@ -277,7 +277,7 @@ def test_resume_is_bit_identical(caches, tmp_path: Path, arch: str) -> None:
     state = json.loads((ckpt / "checkpoint" / "state.json").read_text())
     assert state["step"] == 15
     saved = torch.load(ckpt / "checkpoint" / "state.pt", weights_only=True)
-    assert saved["optimizer"]["state"][0]["exp_avg"].shape == (2, D, 32)  # Adam's moments
+    assert saved["optimizer"]["state"][0]["exp_avg"].shape == (2, 32, D)  # Adam's moments (W_enc_t)
     assert saved["scheduler"]["last_epoch"] == 15
     out = [tmp_path / "s1", tmp_path / "s2"]
     resumed = train_group(caches["train"], c, [1, 2], 0,
@@ -432,7 +432,7 @@ def test_normalisation_is_folded_into_saved_weights(caches, tmp_path: Path) -> N
     assert folded.cfg.recipe["normalization_scale"] == pytest.approx(scale, rel=1e-12)
     t = torch.load(tmp_path / "ck" / "checkpoint" / "state.pt", weights_only=True)["model"]
     normed = sae_from_tensors(folded.cfg, {
-        "W_enc": t["W_enc"][0], "W_dec": t["W_dec"][0], "b_enc": t["b_enc"][0],
+        "W_enc": t["W_enc_t"][0].T, "W_dec": t["W_dec"][0], "b_enc": t["b_enc"][0],
         "b_dec": t["b_dec"][0], "threshold": torch.full((32,), float(t["threshold"][0]))})
     x = torch.from_numpy(big.load())
     assert torch.allclose(folded(x), normed(x * scale) / scale, rtol=1e-4, atol=1e-3)

@@ -51,15 +51,19 @@ class Pattern:
 
 
 class SparsePre(torch.autograd.Function):
-    """Pre-activations at the active positions, ``(xin @ W_enc + b_enc)[row, col]`` per seed.
+    """Pre-activations at the active positions, ``(xin @ W_enc + b_enc)[row, col]`` per seed,
+    where ``xin = x - b_dec``.
 
     The values are computed outside (they were needed to choose the positions); this function
-    supplies the sparse backward into ``xin`` (S, B, d), ``W_enc`` (S, d, m) and ``b_enc``.
+    supplies the sparse backward into ``b_dec`` (S, d), ``W_enc`` (S, d, m) and ``b_enc``. The
+    input rows ``x`` carry no gradient, so ``b_dec``'s is the batch sum of ``-d xin``, which is
+    ``-W_enc @ d b_enc``: one matrix-vector product instead of a (B, d) sparse matmul.
     """
 
     @staticmethod
-    def forward(ctx: Any, xin: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor,
-                values: torch.Tensor, patterns: Sequence[Pattern]) -> torch.Tensor:
+    def forward(ctx: Any, xin: torch.Tensor, b_dec: torch.Tensor, w_enc: torch.Tensor,
+                b_enc: torch.Tensor, values: torch.Tensor,
+                patterns: Sequence[Pattern]) -> torch.Tensor:
         ctx.save_for_backward(xin, w_enc)
         ctx.patterns = patterns
         return values.clone()
@@ -67,19 +71,19 @@ class SparsePre(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         xin, w_enc = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        g_x = torch.empty_like(xin) if need_x else None
-        g_w = torch.empty_like(w_enc) if need_w else None
-        g_b = torch.zeros(w_enc.shape[0], w_enc.shape[2], dtype=g.dtype,
-                          device=g.device) if need_b else None
+        need_bdec, need_w = ctx.needs_input_grad[1:3]
+        s, d, m = w_enc.shape
+        g_b = torch.zeros(s, m, dtype=g.dtype, device=g.device)
+        # the encoder's gradient as its (m, d) transpose, the product the CSR matmul writes;
+        # returned as a transposed view, the layout the model stores W_enc in
+        g_wt = torch.empty(s, m, d, dtype=w_enc.dtype, device=w_enc.device) if need_w else None
         for i, p in enumerate(ctx.patterns):
-            if g_x is not None:
-                g_x[i] = p.csr(g[i]) @ w_enc[i].T.contiguous()
-            if g_w is not None:
-                g_w[i] = (p.csr_t(g[i]) @ xin[i]).T
-            if g_b is not None:
-                g_b[i].index_add_(0, p.col, g[i])
-        return g_x, g_w, g_b, None, None
+            g_b[i].index_add_(0, p.col, g[i])
+            if g_wt is not None:
+                torch.addmm(g_wt[i], p.csr_t(g[i]), xin[i], beta=0.0, out=g_wt[i])
+        g_w = g_wt.transpose(1, 2) if g_wt is not None else None
+        g_bdec = -torch.bmm(w_enc, g_b.unsqueeze(-1)).squeeze(-1) if need_bdec else None
+        return None, g_bdec, g_w, g_b if ctx.needs_input_grad[3] else None, None, None
 
 
 class SparseDecode(torch.autograd.Function):
@@ -102,17 +106,19 @@ class SparseDecode(torch.autograd.Function):
             if g_v is not None:
                 g_v[i] = torch.sparse.sampled_addmm(p.csr(vals[i]), g[i], w_dec[i].T,
                                                     beta=0.0).values()
-            if g_w is not None:
-                g_w[i] = p.csr_t(vals[i]) @ g[i]
+            if g_w is not None:  # (m, d), W_dec's own layout: written in place
+                torch.addmm(g_w[i], p.csr_t(vals[i]), g[i], beta=0.0, out=g_w[i])
         return g_v, g_w, None
 
 
-def sparse_code(xin: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor,
-                values: torch.Tensor, patterns: Sequence[Pattern]) -> torch.Tensor:
-    """ReLU'd active values (S, nnz), differentiable into the encoder."""
+def sparse_code(xin: torch.Tensor, b_dec: torch.Tensor, w_enc: torch.Tensor,
+                b_enc: torch.Tensor, values: torch.Tensor,
+                patterns: Sequence[Pattern]) -> torch.Tensor:
+    """ReLU'd active values (S, nnz), differentiable into the encoder and ``b_dec``; ``xin`` is
+    ``x - b_dec`` (S, B, d), computed without gradient by the caller."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return torch.relu(SparsePre.apply(xin, w_enc, b_enc, values, patterns))
+        return torch.relu(SparsePre.apply(xin, b_dec, w_enc, b_enc, values, patterns))
 
 
 def sparse_decode(vals: torch.Tensor, w_dec: torch.Tensor,

@@ -87,11 +87,19 @@ class Architecture(torch.nn.Module):
         super().__init__()
         self.cfg = cfg
         m = cfg.d_sae
-        self.W_enc = torch.nn.Parameter(torch.zeros(n_seeds, d_in, m))
+        # the encoder is stored as its transpose (S, m, d), read as W_enc (S, d, m): the
+        # sparse backward writes its gradient row by row as (m, d) products, and a
+        # contiguous parameter is what the fused optimiser steps without copies
+        self.W_enc_t = torch.nn.Parameter(torch.zeros(n_seeds, m, d_in))
         self.W_dec = torch.nn.Parameter(torch.zeros(n_seeds, m, d_in))
         self.b_enc = torch.nn.Parameter(torch.zeros(n_seeds, m))
         self.b_dec = torch.nn.Parameter(torch.zeros(n_seeds, d_in))
         self.register_buffer("since_fired", torch.zeros(n_seeds, m, dtype=torch.int64))
+
+    @property
+    def W_enc(self) -> torch.Tensor:  # noqa: N802 (SAELens's name)
+        """The encoders (S, d, m), a view of the stored transpose ``W_enc_t``."""
+        return self.W_enc_t.transpose(1, 2)
 
     @property
     def n_seeds(self) -> int:
@@ -156,7 +164,7 @@ class Architecture(torch.nn.Module):
     @torch.no_grad()
     def export_tensors(self, i: int) -> dict[str, torch.Tensor]:
         """Seed ``i`` as a saved SAE's tensors, still in normalised units (float32, CPU)."""
-        return {n: getattr(self, n)[i].detach().float().cpu().clone()
+        return {n: getattr(self, n)[i].detach().float().cpu().contiguous().clone()
                 for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
 
     # -- training ----------------------------------------------------------------------------
@@ -215,7 +223,8 @@ class Architecture(torch.nn.Module):
         row, so the step moves rows along the sphere rather than changing their norm."""
         g = self.W_dec.grad
         if self.unit_norm_decoder and g is not None:
-            g -= (g * self.W_dec).sum(-1, keepdim=True) * self.W_dec
+            along = torch.linalg.vecdot(g, self.W_dec).unsqueeze(-1)
+            g.addcmul_(along, self.W_dec, value=-1.0)
 
     @torch.no_grad()
     def renormalise_decoder(self) -> None:

@@ -92,11 +92,11 @@ class TopKFamily(Architecture):
                      l0=active.sum((1, 2)).to(x.dtype) / x.shape[0])
 
     def _sparse_forward(self, x: torch.Tensor) -> _Code:
-        xin = x.unsqueeze(0) - self.b_dec.unsqueeze(1)
         with torch.no_grad():
+            xin = x.unsqueeze(0) - self.b_dec.unsqueeze(1)
             pre = torch.baddbmm(self.b_enc.unsqueeze(1), xin, self.W_enc)
             patterns, values = self.sparse_select(pre)
-        vals = sparse_code(xin, self.W_enc, self.b_enc, values, patterns)
+        vals = sparse_code(xin, self.b_dec, self.W_enc, self.b_enc, values, patterns)
         x_hat = sparse_decode(vals, self.W_dec, patterns) + self.b_dec.unsqueeze(1)
         active = vals.detach() > 0
         fired = torch.zeros_like(self.since_fired, dtype=torch.bool)
@@ -123,7 +123,7 @@ class TopKFamily(Architecture):
             patterns = [Pattern.from_row_indices(idx[i], pre.shape[2])
                         for i in range(pre.shape[0])]
             values = pre.gather(-1, idx).flatten(1)
-            vals = sparse_code(code.xin, self.W_enc, self.b_enc, values, patterns)
+            vals = sparse_code(code.xin, self.b_dec, self.W_enc, self.b_enc, values, patterns)
             e_hat = sparse_decode(vals * keep.flatten(1), self.W_dec, patterns)
         else:
             vals = torch.relu(pre.gather(-1, idx)) * keep

@@ -26,7 +26,7 @@ from .config import IMPL_FIELDS, TrainConfig
 
 log = get_logger("training")
 
-CHECKPOINT_FORMAT = "saestab.train-checkpoint/2"
+CHECKPOINT_FORMAT = "saestab.train-checkpoint/3"  # 3: the encoder stored as W_enc_t
 
 
 def fingerprint(cfg: TrainConfig, init_seeds: Sequence[int], data_seed: int,
