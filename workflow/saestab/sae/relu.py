@@ -1,8 +1,9 @@
 """The vanilla ReLU SAE with a decoder-norm-weighted L1 penalty (Anthropic, April 2024 update).
 
 Loss ``||x - x_hat||^2 + lambda * sum_j f_j ||d_j||``; lambda warms up linearly over
-``l1_warmup_steps``. The decoder is not norm-constrained: the penalty weights each latent by its
-decoder norm instead.
+``l1_warmup_steps``, and with ``target_l0`` each seed's lambda is steered to that L0
+(:class:`~.architecture.Penalised`). The decoder is not norm-constrained: the penalty weights
+each latent by its decoder norm instead.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .architecture import Architecture, register
+from .architecture import Penalised, register
 
 if TYPE_CHECKING:
     from ..training import TrainConfig
@@ -20,10 +21,13 @@ if TYPE_CHECKING:
 
 
 @register
-class ReLU(Architecture):
+class ReLU(Penalised):
     name = "relu"
     saelens_name = "standard"
     unit_norm_decoder = False
+    coefficient_key = "l1_coefficient"
+    # L0 follows lambda within tens of steps at lr 4e-3 (the encoder biases move ~lr per step)
+    TARGET_L0_RATE = 10.0
 
     @classmethod
     def recipe_defaults(cls, cfg: TrainConfig, d_in: int, total_steps: int) -> dict[str, Any]:
@@ -38,8 +42,8 @@ class ReLU(Architecture):
         return torch.relu(pre)
 
     def penalty(self, f: torch.Tensor, pre: torch.Tensor, step: int) -> torch.Tensor:
-        coef = self.warmed_up(self.cfg.l1_coefficient, step)  # type: ignore[arg-type]
-        return coef * (f * self.W_dec.norm(dim=-1).unsqueeze(1)).sum(-1).mean(-1)
+        l1 = (f * self.W_dec.norm(dim=-1).unsqueeze(1)).sum(-1).mean(-1)
+        return self.sparsity_coefficient(step) * l1
 
     @classmethod
     def infer(cls, pre: torch.Tensor, sae: SAE) -> torch.Tensor:
