@@ -263,8 +263,9 @@ class Penalised(Architecture):
     ``target_l0``. Each seed's coefficient is then a buffer steered by a proportional-integral
     controller on the log scale. With ``e`` the log ratio of the seed's training L0 (a moving
     average over the last few batches) to the target, clamped to [-1, 1], every step past the
-    penalty's warm-up does ``log c += target_l0_rate * lr * e + CONTROL_DAMPING * (e - e')``
-    (``lr`` the step's learning rate, ``e'`` the previous step's error).
+    penalty's warm-up does ``log c += g * target_l0_rate * lr * e + CONTROL_DAMPING * (e - e')``
+    (``lr`` the step's learning rate, ``e'`` the previous step's error, ``g`` 1 or falling
+    with the time controlled: :attr:`CONTROL_SETTLE`).
 
     * The integral part moves the coefficient until L0 sits at the target. It is proportional
       to the learning rate because L0 follows the coefficient only as fast as the weights
@@ -290,6 +291,11 @@ class Penalised(Architecture):
     """Rate of the moving average of the training L0 that the controller reads (~5 batches)."""
     CONTROL_DAMPING: ClassVar[float] = 1.0
     """Gain of the proportional part (log coefficient per unit of log L0 error)."""
+    CONTROL_SETTLE: ClassVar[float | None] = None
+    """If set, the integral gain falls as ``1 / (1 + t / CONTROL_SETTLE)`` with ``t`` the
+    learning-rate time controlled so far (the sum of the steps' learning rates): fast while
+    the coefficient travels from its start, slower once it has settled (a root search with
+    decreasing steps), so that a transient in L0 moves it less."""
     TARGET_L0_RATE: ClassVar[float]
     """Default ``target_l0_rate``: how fast this architecture's L0 follows its coefficient
     decides how fast the integral part may act before it overshoots."""
@@ -305,6 +311,7 @@ class Penalised(Architecture):
         self.register_buffer("coefficient", torch.full((n_seeds,), start, dtype=torch.float64))
         self.register_buffer("l0_ema", torch.full((n_seeds,), math.nan, dtype=torch.float64))
         self.register_buffer("error", torch.full((n_seeds,), math.nan, dtype=torch.float64))
+        self.register_buffer("lr_time", torch.zeros(n_seeds, dtype=torch.float64))
 
     def sparsity_coefficient(self, step: int) -> torch.Tensor:
         """Each seed's coefficient at ``step`` with the warm-up applied, (S,) in the
@@ -324,8 +331,11 @@ class Penalised(Architecture):
         e = torch.log(self.l0_ema / float(target)).clamp(-1.0, 1.0)  # L0 = 0: -inf -> -1
         previous = torch.where(torch.isnan(self.error), e, self.error)
         rate = float(self.cfg.target_l0_rate)  # type: ignore[arg-type]
-        self.coefficient.mul_(torch.exp(rate * lr * e + self.CONTROL_DAMPING * (e - previous)))
+        gain = rate * lr * (1 / (1 + self.lr_time / self.CONTROL_SETTLE)
+                            if self.CONTROL_SETTLE else torch.ones_like(self.lr_time))
+        self.coefficient.mul_(torch.exp(gain * e + self.CONTROL_DAMPING * (e - previous)))
         self.error.copy_(e)
+        self.lr_time.add_(lr)
 
     def log_state(self) -> dict[str, list[float]]:
         return {"coefficient": self.coefficient.cpu().tolist()}
