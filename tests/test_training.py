@@ -453,6 +453,46 @@ def test_target_l0_is_reached_on_two_models(two_models, arch: str) -> None:
         assert "target_l0_reached" not in fixed[0].cfg.recipe
 
 
+def test_target_l0_control_law() -> None:
+    """The controller on planted training L0s: held during the penalty warm-up, then the log
+    coefficient moves by gain * lr * clamp(log(L0 / target)) per step (relu's gain falling
+    with the learning-rate time, jumprelu's constant), plus the proportional kick when the
+    error changes; seeds are independent."""
+    from saestab.sae import StepOut
+
+    def run(arch: str, l0s: list[tuple[float, float]], lr: float, warm: int = 3) -> np.ndarray:
+        c = TrainConfig(architecture=arch, d_sae=8, target_l0=4.0, l1_coefficient=0.5,
+                        l0_coefficient=0.5, l1_warmup_steps=warm).resolved(
+            D, 10**4, torch.device("cpu"))
+        model = c.arch(c, D, 2)
+        trace = []
+        for step, l0 in enumerate(l0s):
+            out = StepOut(loss=torch.zeros(()), sse=torch.zeros(2), l0=torch.tensor(l0),
+                          aux=torch.zeros(2), fired=torch.zeros(2, 8, dtype=torch.bool))
+            model.update_state(out, step, lr)
+            trace.append(model.coefficient.log().numpy().copy())
+        return np.array(trace)
+
+    # seed 0 at 8 (log ratio log 2), seed 1 at 1 (log ratio -log 4: clamped to -1)
+    steady = [(8.0, 1.0)] * 40
+    for arch, settle in (("relu", 2.0), ("jumprelu", None)):
+        rate = TrainConfig(architecture=arch).arch.TARGET_L0_RATE
+        t = run(arch, steady, lr=0.1)
+        assert np.allclose(t[:2], np.log(0.5))  # steps 0, 1: warm-up (3 steps), held
+        # the moving average of L0 starts at its first value, so the error is constant
+        time = 0.1 * np.arange(38)
+        g = rate * 0.1 / (1 + time / settle) if settle else np.full(38, rate * 0.1)
+        expect = np.log(0.5) + np.cumsum(g)[:, None] * np.array([np.log(2), -1.0])
+        assert np.allclose(t[2:], expect), arch
+    # proportional part alone (lr 0): the coefficient follows the error's change, so when L0
+    # jumps from the target to twice it, it rises by log 2 as the moving average catches up
+    jump = run("jumprelu", [(4.0, 4.0)] * 5 + [(8.0, 4.0)] * 20, lr=0.0, warm=0)
+    ema = 4.0 + (8.0 - 4.0) * 0.2  # the moving average's first step towards 8
+    assert np.allclose(jump[5, 0] - jump[4, 0], np.log(ema / 4.0))
+    assert np.allclose(jump[-1, 0] - jump[4, 0], np.log(2), atol=0.01)
+    assert np.allclose(jump[:, 1], np.log(0.5))  # seed 1 on target: untouched
+
+
 def test_target_l0_recipe_checks() -> None:
     """target_l0 only where a penalty sets the sparsity, and at most d_sae."""
     for recipe, message in (({"architecture": "topk", "d_sae": 8, "k": 2, "target_l0": 2},
