@@ -58,6 +58,7 @@ def test_census_planted(groups, tmp_path):
     assert s["stable"]["std"] == pytest.approx(0.0)
     assert s["hungarian_iou"]["mean"] == pytest.approx(1.0)
     assert s["ev"]["mean"] == pytest.approx(0.715)
+    assert s["l0"]["mean"] == 4.0 and s["target_l0"] == 4.0  # TopK: its k
     assert sorted(c.table["seed"].unique()) == [0, 1, 2, 3]
     assert set(c.table.columns) >= {"p_hat", "ci_low", "ci_high", "label", "firing_frequency",
                                     "activation_mass"}
@@ -164,6 +165,20 @@ def test_figures_and_table1(groups, tmp_path):
     assert "| m | trained | h | topk | 4 | 24 | 50.0 ± 0.0 | 50.0 ± 0.0 |" in md
     plotting.table1_figure(df, tmp_path / "t1.png")
     assert json.loads((tmp_path / "trained" / "summary.json").read_text())["n_seeds"] == 4
+
+
+def test_target_l0_of_a_recipe(tmp_path):
+    """What L0 a configuration aims at: a steered penalty's target_l0, the TopK family's k,
+    nothing for a fixed penalty coefficient."""
+    for name, arch, k, recipe in (("steered", "relu", None, {"target_l0": 6.0}),
+                                  ("fixed", "relu", None, {"l1_coefficient": 0.1,
+                                                           "target_l0": None}),
+                                  ("topk", "topk", 4, {})):
+        save_sae(SAE(SAEConfig(architecture=arch, d_in=D, d_sae=M, k=k, recipe=recipe)),
+                 tmp_path / name)
+    assert census.target_l0(tmp_path / "steered") == 6.0
+    assert census.target_l0(tmp_path / "fixed") is None
+    assert census.target_l0(tmp_path / "topk") == 4.0
 
 
 def test_missing_seeds_are_named(tmp_path):

@@ -233,6 +233,24 @@ def test_post_training_recovers_a_perturbed_sae(caches) -> None:
     assert fixed.cfg.recipe["post_training"]["steps"] == 20
 
 
+def test_post_training_starts_from_the_reached_coefficient() -> None:
+    """A recipe steered to a target L0 continues from the coefficient its SAEs reached (their
+    geometric mean), not from the recipe's starting point; a fixed coefficient is kept."""
+    recipes = [{"target_l0_reached": {"coefficient": c, "train_l0": 32.0}} for c in (0.02, 0.08)]
+    assert pooling.reached_coefficient(recipes) == pytest.approx(0.04)
+    assert pooling.reached_coefficient([{"l1_coefficient": 0.2}]) is None
+    steered = {"architecture": "relu", "d_sae": 32, "target_l0": 4, "batch_size": 128,
+               "n_epochs": 2}
+    cfg = pooling.post_train_config(steered, 10 * 128, 2, coefficient=0.04)
+    assert cfg.l1_coefficient == 0.04 and cfg.target_l0 == 4 and cfg.l1_warmup_steps == 0
+    jump = pooling.post_train_config({**steered, "architecture": "jumprelu"}, 10 * 128, 2,
+                                     coefficient=0.003)
+    assert jump.l0_coefficient == 0.003
+    fixed = pooling.post_train_config({**steered, "target_l0": None, "l1_coefficient": 0.2},
+                                      10 * 128, 2, coefficient=0.04)
+    assert fixed.l1_coefficient == 0.2
+
+
 def test_post_train_length_rule() -> None:
     recipe = {"architecture": "topk", "d_sae": 32, "k": 2, "batch_size": 100, "n_epochs": 8}
     assert pooling.training_tokens(recipe, 1000) == 8000

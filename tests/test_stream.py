@@ -102,12 +102,17 @@ def noise(tmp_path_factory: pytest.TempPathFactory) -> ActivationCache:
                        d=8, bos_token_id=None, outlier_factor=None, shard_tokens=256)
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "relu-target_l0",
+                                  "jumprelu-target_l0"])
 def test_a_snapshot_is_the_run_of_its_budget(noise, tmp_path: Path, arch: str) -> None:
     """Warmup-stable-decay: the epoch-e snapshot of a longer run equals, bit for bit, a run of
     e epochs with the same recipe (each decays over its own final steps); the main run itself
-    is unchanged by the branches it forks."""
-    extra = {"k": None, "l1_coefficient": 1e-3} if arch == "relu" else {}
+    is unchanged by the branches it forks. With ``target_l0`` the penalty coefficient each seed
+    reached is part of that state."""
+    arch, _, mode = arch.partition("-")
+    extra = {"k": None, "l1_coefficient": 1e-3} if arch in ("relu", "jumprelu") else {}
+    if mode:
+        extra["target_l0"] = 3.0
     out = [tmp_path / "long" / f"seed{s}" for s in (1, 2)]
     long = train_group(noise, cfg(architecture=arch, n_epochs=4.0, **extra), [1, 2], 0,
                        RunOptions(out_dirs=out, snapshots_at_epochs=(1, 2, 4)))
@@ -125,6 +130,9 @@ def test_a_snapshot_is_the_run_of_its_budget(noise, tmp_path: Path, arch: str) -
             assert saved.cfg.recipe["steps"] == e * (1000 // 64)
             for name, t in sae.state_tensors().items():
                 assert torch.equal(t, saved.state_tensors()[name]), (e, s, name)
+            reached = sae.cfg.recipe.get("target_l0_reached")
+            assert (reached is not None) == bool(mode)
+            assert saved.cfg.recipe.get("target_l0_reached") == reached
     # and the epoch-4 snapshot is the final model
     final = load_sae(tmp_path / "long" / "snapshots" / "epoch4" / "seed1")
     assert torch.equal(final.state_tensors()["W_dec"], long.saes[0].state_tensors()["W_dec"])

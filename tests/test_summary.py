@@ -46,14 +46,15 @@ def to_json(obj: dict) -> dict:
 
 @functools.cache  # the stage outputs are only read: share them across tests
 def census_summary(kind: str, ev: float, *, seed: int = 0, dead: float = 0.01,
-                   delta: float = 0.005, init_cos: float = 0.2) -> dict:
+                   delta: float = 0.005, init_cos: float = 0.2, l0: float = 32.0,
+                   target_l0: float | None = 32.0) -> dict:
     rng = np.random.default_rng(seed)
     maxcos = planted_maxcos(profile(kind, rng), rng)
     live = np.ones((S, M), dtype=bool)
     evs = ev + rng.normal(0, 0.002, S)
     s = {"n_seeds": S, "seed_level": census.seed_level(maxcos, live, D, 0.7, 0.05, seed=seed),
-         "per_seed": {"ev": evs.tolist(), "l0": [32.0] * S},
-         "ev": {"mean": float(evs.mean())}, "l0": {"mean": 32.0},
+         "per_seed": {"ev": evs.tolist(), "l0": [l0] * S},
+         "ev": {"mean": float(evs.mean())}, "l0": {"mean": l0}, "target_l0": target_l0,
          "dead_fraction_train": {"mean": dead}, "decoder_init_cosine": {"mean": init_cos},
          "train_ev": {"mean": ev}, "convergence": census.convergence(
              _training_length(0.2, 0.2 + delta))}
@@ -136,7 +137,7 @@ def write(path: Path, obj: dict) -> None:
 PASSING = dict(topk="bimodal", relu="stable", random="unstable", ev_topk=0.78, ev_relu=0.71,
                c3=2.2, c4=(0.5, 0.1), c5=(0.6, 0.4, 0.5), c6=(0.97, 0.25, 0.99),
                c7=(0.08, 0.0), delta=0.005, dead=0.01, random_c1="unstable",
-               relu_init_cos=0.2)
+               relu_init_cos=0.2, l0_relu=32.0, target_relu=32.0)
 
 
 @pytest.fixture()
@@ -150,9 +151,12 @@ def make_study(tmp_path: Path):
                 ("trained", "relu", "relu", p["relu"], p["ev_relu"]),
                 ("random", "topk", "topk", p["random"], 0.44)):
             base = tmp_path / weights / variant
+            sparsity = ({"l0": p["l0_relu"], "target_l0": p["target_relu"]}
+                        if variant == "relu" else {})
             write(base / "stability" / "summary.json",
                   census_summary(kind, ev, delta=p["delta"], dead=p["dead"],
-                                 init_cos=p["relu_init_cos"] if variant == "relu" else 0.2))
+                                 init_cos=p["relu_init_cos"] if variant == "relu" else 0.2,
+                                 **sparsity))
             write(base / "function" / "masking_summary.json", {"c3": c3_block(
                 p["c3"] if weights == "trained" else 1.0, rng)})
             write(base / "function" / "surface_summary.json", {"c4": c4_block(*(
@@ -283,6 +287,24 @@ def test_markdown_and_json_rows(make_study) -> None:
     assert {"id", "kind", "verdict", "value", "ci_low", "ci_high", "floor", "baselines",
             "convergence", "health"} <= set(js[0])
     assert {r["kind"] for r in js} == {CLAIM, NULL, RANDOM}
+
+
+def test_l0_beside_every_stability_comparison(make_study) -> None:
+    """Each row read from SAE configurations lists their L0 (and recipe target) in the JSON
+    and in its summary.md line, so a C2 between a TopK at L0 32 and a ReLU at L0 5 shows."""
+    rows = summary.build(make_study(l0_relu=5.0, target_relu=None))
+    by_id = {r.id: r for r in rows}
+    assert [(e["variant"], e["weights"], e["l0"], e["target_l0"]) for e in by_id["C2"].l0] == [
+        ("relu", "trained", 5.0, None), ("topk", "trained", 32.0, 32.0)]
+    assert [e["weights"] for e in by_id["control"].l0] == ["trained", "random"]
+    for r in rows:  # every claim and random-weights row names its configurations' L0
+        assert (len(r.l0) > 0) == (r.kind != NULL), r.id
+    md = summary.to_markdown(rows).splitlines()
+    c2 = next(line for line in md if line.startswith("| **C2**"))
+    assert "| relu on trained: 5; topk on trained: 32 (target 32) |" in c2
+    c1_null = next(line for line in md if line.startswith("| **C1 null: homogeneous p**"))
+    assert c1_null.split(" | ")[3] == "–"
+    assert summary.to_json(rows)["rows"][0]["l0"][0]["l0"] == 32.0
 
 
 def test_census_nulls_fail_the_c1_rule_on_a_bimodal_configuration() -> None:

@@ -26,15 +26,16 @@ def true_directions() -> np.ndarray:
 
 
 def make_cache(path: Path, seed: int, scale: float = 1.0, n_ctx: int = 128,
-               t: int = 32) -> ActivationCache:
-    """Each token's activation is a positive combination of 2 of the N_DIRS true directions
-    (a lookup table over the vocabulary; ``seed`` draws a fresh table and fresh contexts)."""
+               t: int = 32, n_active: int = 2) -> ActivationCache:
+    """Each token's activation is a positive combination of ``n_active`` of the N_DIRS true
+    directions (a lookup table over the vocabulary; ``seed`` draws a fresh table and fresh
+    contexts)."""
     rng = np.random.default_rng(seed)
     dirs = true_directions()
     table = np.zeros((VOCAB, D), np.float32)
     for v in range(VOCAB):
-        j = rng.choice(N_DIRS, 2, replace=False)
-        table[v] = (dirs[j] * rng.uniform(0.5, 2.0, (2, 1))).sum(0)
+        j = rng.choice(N_DIRS, n_active, replace=False)
+        table[v] = (dirs[j] * rng.uniform(0.5, 2.0, (n_active, 1))).sum(0)
     tab = torch.from_numpy(table * scale)
     contexts = rng.integers(0, VOCAB, (n_ctx, t))
     return write_cache(path, lambda ids: tab[ids], contexts, d=D, bos_token_id=None,
@@ -266,9 +267,12 @@ def die_at(n: int):
     return callback
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "relu", "matryoshka"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "relu", "matryoshka",
+                                  "relu-target_l0", "jumprelu-target_l0"])
 def test_resume_is_bit_identical(caches, tmp_path: Path, arch: str) -> None:
-    c = cfg(architecture=arch, n_epochs=None, n_tokens=40 * 128, dead_steps=5)
+    arch, _, mode = arch.partition("-")
+    c = cfg(architecture=arch, n_epochs=None, n_tokens=40 * 128, dead_steps=5,
+            target_l0=3.0 if mode else None)
     full = train_group(caches["train"], c, [1, 2], 0, no_snapshots())
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Kill):
@@ -279,6 +283,11 @@ def test_resume_is_bit_identical(caches, tmp_path: Path, arch: str) -> None:
     saved = torch.load(ckpt / "checkpoint" / "state.pt", weights_only=True)
     assert saved["optimizer"]["state"][0]["exp_avg"].shape == (2, 32, D)  # Adam's moments (W_enc_t)
     assert saved["scheduler"]["last_epoch"] == 15
+    if mode:  # each seed's steered coefficient is state, saved with the weights
+        start = getattr(c.resolved(D, caches["train"].n_tokens, torch.device("cpu")),
+                        c.arch.coefficient_key)
+        assert saved["model"]["coefficient"].shape == (2,)
+        assert (saved["model"]["coefficient"] != start).all()  # it moved: resuming needs it
     out = [tmp_path / "s1", tmp_path / "s2"]
     resumed = train_group(caches["train"], c, [1, 2], 0,
                           no_snapshots(out_dirs=out, checkpoint_dir=ckpt, checkpoint_every=5))
@@ -286,6 +295,8 @@ def test_resume_is_bit_identical(caches, tmp_path: Path, arch: str) -> None:
     assert_identical(full.saes, resumed.saes)
     assert_identical(full.saes, [load_sae(p) for p in out])
     assert not (ckpt / "checkpoint").exists()  # removed after success
+    assert [s.cfg.recipe.get("target_l0_reached") for s in full.saes] == \
+        [s.cfg.recipe.get("target_l0_reached") for s in resumed.saes]
 
 
 def test_checkpoint_of_another_run_starts_over(caches, tmp_path: Path) -> None:
@@ -413,6 +424,103 @@ def test_input_scale_of_each_normalisation(caches) -> None:
         training.input_scale("layer_norm", stats)
     with pytest.raises(config.ConfigError, match="normalize"):
         config.validate_recipe(TrainConfig(normalize=True).to_json())  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """Two different activation distributions: 4 of the 16 directions per token at unit
+    scale, and 8 per token at 40 times the scale (train and held-out caches of each)."""
+    root = tmp_path_factory.mktemp("two_models")
+    return {name: (make_cache(root / name, 1, scale, n_active=n),
+                   make_cache(root / f"{name}_held_out", 2, scale, n_active=n))
+            for name, scale, n in (("four", 1.0, 4), ("eight", 40.0, 8))}
+
+
+# one recipe per architecture, the same on both distributions; jumprelu's thresholds need the
+# wider pseudo-gradient window on this small d and a longer run to settle
+STEERED = {"relu": {"lr": 1e-2, "n_epochs": 6.0},
+           "jumprelu": {"lr": 1e-2, "n_epochs": 8.0, "jumprelu_bandwidth": 0.05,
+                        "jumprelu_init_threshold": 0.05, "l0_coefficient": 0.01}}
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu"])
+def test_target_l0_is_reached_on_two_models(two_models, arch: str) -> None:
+    """With ``target_l0`` the penalty coefficient is steered per seed: one recipe reaches the
+    target L0 (+-20%, on held-out rows) on both distributions, where the same starting
+    coefficient left alone lands far from it; the reached coefficient and the training L0 are
+    recorded in each SAE's recipe."""
+    target = 3.0
+    for name, (train, held_out) in two_models.items():
+        fixed = train_group(train, cfg(architecture=arch, k=None, **STEERED[arch]), [1, 2], 0,
+                            no_snapshots()).saes
+        steered = train_group(train, cfg(architecture=arch, k=None, target_l0=target,
+                                         **STEERED[arch]), [1, 2], 0, no_snapshots()).saes
+        l0_fixed = np.mean([evaluate_sae(s, held_out)["l0"] for s in fixed])
+        assert not 0.5 * target < l0_fixed < 2 * target, (name, l0_fixed)
+        for sae in steered:
+            assert evaluate_sae(sae, held_out)["l0"] == pytest.approx(target, rel=0.2), name
+            reached = sae.cfg.recipe["target_l0_reached"]
+            assert reached["train_l0"] == pytest.approx(target, rel=0.2), name
+            start = sae.cfg.recipe[TrainConfig(architecture=arch).arch.coefficient_key]
+            assert reached["coefficient"] != start  # the given coefficient was only the start
+        assert "target_l0_reached" not in fixed[0].cfg.recipe
+
+
+def test_target_l0_control_law() -> None:
+    """The controller on planted training L0s: held during the penalty warm-up, then the log
+    coefficient moves by gain * lr * clamp(log(L0 / target)) per step (relu's gain falling
+    with the learning-rate time, jumprelu's constant), plus the proportional kick when the
+    error changes; seeds are independent."""
+    from saestab.sae import StepOut
+
+    def run(arch: str, l0s: list[tuple[float, float]], lr: float, warm: int = 3) -> np.ndarray:
+        c = TrainConfig(architecture=arch, d_sae=8, target_l0=4.0, l1_coefficient=0.5,
+                        l0_coefficient=0.5, l1_warmup_steps=warm).resolved(
+            D, 10**4, torch.device("cpu"))
+        model = c.arch(c, D, 2)
+        trace = []
+        for step, l0 in enumerate(l0s):
+            out = StepOut(loss=torch.zeros(()), sse=torch.zeros(2), l0=torch.tensor(l0),
+                          aux=torch.zeros(2), fired=torch.zeros(2, 8, dtype=torch.bool))
+            model.update_state(out, step, lr)
+            trace.append(model.coefficient.log().numpy().copy())
+        return np.array(trace)
+
+    # seed 0 at 8 (log ratio log 2), seed 1 at 1 (log ratio -log 4: clamped to -1)
+    steady = [(8.0, 1.0)] * 40
+    for arch, settle in (("relu", 2.0), ("jumprelu", None)):
+        rate = TrainConfig(architecture=arch).arch.TARGET_L0_RATE
+        t = run(arch, steady, lr=0.1)
+        assert np.allclose(t[:2], np.log(0.5))  # steps 0, 1: warm-up (3 steps), held
+        # the moving average of L0 starts at its first value, so the error is constant
+        time = 0.1 * np.arange(38)
+        g = rate * 0.1 / (1 + time / settle) if settle else np.full(38, rate * 0.1)
+        expect = np.log(0.5) + np.cumsum(g)[:, None] * np.array([np.log(2), -1.0])
+        assert np.allclose(t[2:], expect), arch
+    # proportional part alone (lr 0): the coefficient follows the error's change, so when L0
+    # jumps from the target to twice it, it rises by log 2 as the moving average catches up
+    jump = run("jumprelu", [(4.0, 4.0)] * 5 + [(8.0, 4.0)] * 20, lr=0.0, warm=0)
+    ema = 4.0 + (8.0 - 4.0) * 0.2  # the moving average's first step towards 8
+    assert np.allclose(jump[5, 0] - jump[4, 0], np.log(ema / 4.0))
+    assert np.allclose(jump[-1, 0] - jump[4, 0], np.log(2), atol=0.01)
+    assert np.allclose(jump[:, 1], np.log(0.5))  # seed 1 on target: untouched
+
+
+def test_target_l0_recipe_checks() -> None:
+    """target_l0 only where a penalty sets the sparsity, and at most d_sae."""
+    for recipe, message in (({"architecture": "topk", "d_sae": 8, "k": 2, "target_l0": 2},
+                             "no sparsity penalty"),
+                            ({"architecture": "relu", "d_sae": 8, "target_l0": 9},
+                             "exceeds d_sae")):
+        with pytest.raises(config.ConfigError, match=message):
+            config.validate_recipe(recipe)
+    config.validate_recipe({"architecture": "jumprelu", "d_sae": 8, "target_l0": 2.5})
+    r = TrainConfig(architecture="relu", d_sae=8, target_l0=2).resolved(D, 10**4,
+                                                                        torch.device("cpu"))
+    j = TrainConfig(architecture="jumprelu", d_sae=8, target_l0=2).resolved(
+        D, 10**4, torch.device("cpu"))
+    assert r.target_l0_rate > j.target_l0_rate > 0  # thresholds follow lambda more slowly
+    assert TrainConfig().resolved(D, 10**4, torch.device("cpu")).target_l0_rate is None
 
 
 def test_normalisation_is_folded_into_saved_weights(caches, tmp_path: Path) -> None:

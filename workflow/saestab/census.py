@@ -393,6 +393,7 @@ def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: flo
             "pairs": [list(map(int, pairs[i])) for i in sorted(pick)]},
         "ev": mean_interval(evals_df["ev"].to_numpy()),
         "l0": mean_interval(evals_df["l0"].to_numpy()),
+        "target_l0": target_l0(dirs[0]),
         "dead_fraction": mean_interval(evals_df["dead_fraction"].to_numpy()),
         "decoder_init_cosine": (mean_interval(evals_df["decoder_init_cosine"].to_numpy(float))
                                 if evals_df.get("decoder_init_cosine") is not None
@@ -405,6 +406,18 @@ def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: flo
     return Census(table=table, fractions=fractions, sweeps=sweeps, n_subsample=nsub,
                   training_length=tl, evals=evals_df, seed_level=levels, maxcos=maxcos,
                   argmax=argmax, summary=summary)
+
+
+def target_l0(sae_dir: str | Path) -> float | None:
+    """The L0 an SAE's recipe aims at: ``target_l0`` (relu/jumprelu steered to an L0), else
+    ``k`` (the TopK family), else None (a fixed penalty coefficient, or an SAE from
+    elsewhere)."""
+    f = Path(sae_dir) / "cfg.json"
+    cfg = io.read_json(f) if f.is_file() else {}
+    target = (cfg.get("recipe") or {}).get("target_l0")
+    if target is None:
+        target = cfg.get("k")
+    return float(target) if isinstance(target, (int, float)) else None
 
 
 def _share(seed_level: dict[str, Any], per_anchor: np.ndarray) -> dict[str, Any]:

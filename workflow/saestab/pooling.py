@@ -270,16 +270,31 @@ def assemble_pool(saes: Sequence[SAE], stability: np.ndarray, mass: np.ndarray, 
 # ------------------------------------------------------------------------------------------
 # post-training and comparison
 # ------------------------------------------------------------------------------------------
+def reached_coefficient(recipes: Sequence[dict[str, Any]]) -> float | None:
+    """The geometric mean of the penalty coefficients that SAEs trained with ``target_l0``
+    reached, from their ``cfg.recipe`` (None when none was steered): where their continued
+    training starts."""
+    reached = [(r.get("target_l0_reached") or {}).get("coefficient") for r in recipes]
+    reached = [float(c) for c in reached if c is not None and c > 0]
+    return float(np.exp(np.mean(np.log(reached)))) if reached else None
+
+
 def post_train_config(recipe: dict[str, Any], n_tokens: int, warmup_steps: int,
-                      lr_scale: float = 1.0, d_in: int | None = None) -> TrainConfig:
+                      lr_scale: float = 1.0, d_in: int | None = None,
+                      coefficient: float | None = None) -> TrainConfig:
     """The variant's recipe, shortened to ``n_tokens`` for continued training.
 
     The length replaces ``n_epochs``/``n_tokens``; the learning rate is the recipe's (its
     default rule when unset, which needs ``d_in``) times ``lr_scale``; warm-up is
     ``warmup_steps`` (capped at a tenth of the steps); the sparsity-penalty warm-up is off (the
-    SAE is already sparse).
+    SAE is already sparse). ``coefficient``: the sparsity-penalty coefficient to start from,
+    for a recipe steered to ``target_l0`` (what the trained SAEs reached, not the recipe's
+    starting point, which a short continuation could not steer back from).
     """
     r = {k: v for k, v in recipe.items() if v is not None and k != "vary_data_seed"}
+    key = get_architecture(r["architecture"]).coefficient_key
+    if coefficient is not None and key is not None and r.get("target_l0") is not None:
+        r[key] = float(coefficient)
     r.pop("n_epochs", None)
     r["n_tokens"] = int(n_tokens)
     if lr_scale != 1.0:
@@ -421,11 +436,12 @@ def run_pools(sae_dirs: Sequence[str | Path], maxcos: np.ndarray, train_cache: A
         raise ValueError(f"the max-cosine table covers {maxcos.shape[0]} SAEs, given {S}")
     # SAEs are loaded one at a time for the mass, then one pool's members at a time, so that
     # memory holds at most one pool's worth of weights (96 seeds x 16k latents is ~10 GB at d=768)
-    labels, mass_rows = [], []
+    labels, mass_rows, recipes = [], [], []
     d_in = 0
     for i, d in enumerate(sae_dirs):
         sae = load_sae(d, device="cpu")
         d_in = sae.cfg.d_in
+        recipes.append(sae.cfg.recipe)
         if maxcos.shape[2] != sae.cfg.d_sae:
             raise ValueError(f"the max-cosine table has {maxcos.shape[2]} features per SAE, {d} "
                              f"has {sae.cfg.d_sae}")
@@ -434,7 +450,8 @@ def run_pools(sae_dirs: Sequence[str | Path], maxcos: np.ndarray, train_cache: A
                                       device=device, max_tokens=mass_tokens)["mass"])
         del sae
     inputs = _Inputs(sae_dirs, maxcos, train_cache, eval_cache,
-                     post_train_config(recipe, post_tokens, warmup_steps, lr_scale, d_in=d_in),
+                     post_train_config(recipe, post_tokens, warmup_steps, lr_scale, d_in=d_in,
+                                       coefficient=reached_coefficient(recipes)),
                      labels, np.stack(mass_rows), theta, data_seed, eval_batch_size, device)
     studies = []
     for k, subsets in enumerate(pool_splits(S, n_pools, n_splits, split_seed)):

@@ -80,6 +80,9 @@ class Row:
     configuration: str | None = None
     convergence: dict[str, Any] = field(default_factory=dict)  # per configuration read
     health: dict[str, Any] = field(default_factory=dict)  # per configuration read
+    # per configuration read: its mean L0 on eval and the L0 its recipe aims at (a stability
+    # share means little without the sparsity it was measured at)
+    l0: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -217,6 +220,9 @@ def _gate(row: Row, configs: Sequence[Config | None], study: Study) -> Row:
                                                 "reason": "no training-length snapshots"}
         row.health[c.name] = h
         row.convergence[c.name] = conv
+        row.l0.append({"configuration": c.name, "variant": c.variant, "weights": c.weights,
+                       "l0": ((s or {}).get("l0") or {}).get("mean"),
+                       "target_l0": (s or {}).get("target_l0")})
         if h["status"] == "unhealthy":
             reasons_h.append(f"{c.variant} on {c.weights} weights: {h['reason']}")
         if conv["status"] == "not converged":
@@ -727,6 +733,18 @@ def compute_time(benchmarks: Sequence[str | Path]) -> dict[str, Any]:
             "per_rule_seconds": dict(sorted(per_rule.items(), key=lambda kv: -kv[1]))}
 
 
+def l0_text(r: Row) -> str:
+    """The L0 of each configuration a row compares, with its recipe's target where it has one
+    (``k`` of the TopK family, ``target_l0`` of relu/jumprelu)."""
+    if not r.l0:
+        return "–"
+    parts = []
+    for e in r.l0:
+        target = f" (target {_num(e['target_l0'])})" if e.get("target_l0") is not None else ""
+        parts.append(f"{e['variant']} on {e['weights']}: {_num(e['l0'])}{target}")
+    return "; ".join(parts)
+
+
 def data_splits(study: Study) -> dict[str, Any]:
     """Per model: documents and tokens of the train and eval splits (``tokens/split.json``)."""
     out: dict[str, Any] = {}
@@ -753,8 +771,9 @@ def to_markdown(rows: Sequence[Row], title: str = "Summary of the study",
         "or a gate fails (unhealthy or not converged SAEs). `null` rows are known negatives "
         "pushed through the same rule: they must read *not reproduced*. `random-weights` rows "
         "are the dead-salmon comparison.", "",
-        "| row | kind | statistic [95% CI] | floor | rule | verdict | health; convergence |",
-        "|---|---|---|---|---|---|---|"]
+        "| row | kind | statistic [95% CI] | L0 (eval) | floor | rule | verdict | "
+        "health; convergence |",
+        "|---|---|---|---|---|---|---|---|"]
     data_lines = [f"- `{model}`: " + "; ".join(
         f"{split} split {v.get('n_text_tokens')} tokens in {v.get('n_contexts')} contexts from "
         f"{v.get('n_documents_used')} documents" for split, v in splits.items())
@@ -770,8 +789,8 @@ def to_markdown(rows: Sequence[Row], title: str = "Summary of the study",
     for r in rows:
         verdict = r.verdict if r.reason is None else f"{r.verdict} ({r.reason})"
         lines.append(f"| **{r.id}** {r.title if r.kind == CLAIM else ''} | {r.kind} | "
-                     f"{_interval_text(r)} | {r.floor or '–'} | {r.rule_verdict or '–'} | "
-                     f"{verdict} | {_status(r)} |")
+                     f"{_interval_text(r)} | {l0_text(r)} | {r.floor or '–'} | "
+                     f"{r.rule_verdict or '–'} | {verdict} | {_status(r)} |")
     lines += ["", "## What each claim's statistic is", ""]
     for r in rows:
         if r.kind == CLAIM:

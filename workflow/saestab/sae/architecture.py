@@ -80,6 +80,9 @@ class Architecture(torch.nn.Module):
     """Decoder rows are kept at unit norm (:meth:`constrain_decoder_grad` / :meth:`renormalise`)."""
     has_sparse_path: ClassVar[bool] = False
     """Has a CSR decode for CPU (``decode: sparse``)."""
+    coefficient_key: ClassVar[str | None] = None
+    """The recipe key of the sparsity-penalty coefficient (None: no penalty to steer, so no
+    ``target_l0`` mode; see :class:`Penalised`)."""
 
     since_fired: torch.Tensor
 
@@ -114,6 +117,12 @@ class Architecture(torch.nn.Module):
             return [f"k: required for architecture {cls.name!r}"]
         if cls.uses_k and k > recipe["d_sae"]:
             return [f"k: {k} exceeds d_sae ({recipe['d_sae']})"]
+        target = recipe.get("target_l0")
+        if target is not None and cls.coefficient_key is None:
+            return [f"target_l0: architecture {cls.name!r} has no sparsity penalty to steer "
+                    f"(its L0 is set by k)"]
+        if target is not None and target > recipe["d_sae"]:
+            return [f"target_l0: {target} exceeds d_sae ({recipe['d_sae']})"]
         return []
 
     @classmethod
@@ -139,6 +148,11 @@ class Architecture(torch.nn.Module):
         self.W_enc[i] = w_dec.T
         self.b_enc[i] = 0.0
         self.b_dec[i] = b_dec
+
+    @torch.no_grad()
+    def init_from_data(self, i: int, sample: torch.Tensor) -> None:
+        """After :meth:`init_seed`: initial values of seed ``i`` that depend on the data,
+        from a fixed (n, d) sample of the normalised training rows; none by default."""
 
     @torch.no_grad()
     def load_tensors(self, i: int, tensors: Mapping[str, torch.Tensor], scale: float) -> None:
@@ -207,13 +221,18 @@ class Architecture(torch.nn.Module):
         return self.since_fired >= n if step >= n else None
 
     @torch.no_grad()
-    def update_state(self, out: StepOut, step: int) -> None:
-        """Bookkeeping after the optimiser step: firing counters (and, in subclasses, the
-        inference thresholds)."""
+    def update_state(self, out: StepOut, step: int, lr: float) -> None:
+        """Bookkeeping after the optimiser step (taken at learning rate ``lr``): firing
+        counters (and, in subclasses, inference thresholds or penalty coefficients)."""
         self.since_fired.copy_(torch.where(out.fired, 0, self.since_fired + 1))
 
     def log_state(self) -> dict[str, list[float]]:
         """Per-seed inference state worth logging beside the metrics; none by default."""
+        return {}
+
+    def training_record(self, i: int) -> dict[str, Any]:
+        """What seed ``i``'s training reached and its saved ``cfg.json`` records beside the
+        recipe (e.g. a steered penalty coefficient); nothing by default."""
         return {}
 
     # -- the decoder-norm constraint ---------------------------------------------------------
@@ -243,3 +262,98 @@ def threshold_activation(pre: torch.Tensor, threshold: torch.Tensor) -> torch.Te
     """JumpReLU at inference: ``pre`` where ``pre > threshold`` (and > 0), else 0."""
     return torch.where(pre > threshold, torch.relu(pre), torch.zeros((), dtype=pre.dtype,
                                                                       device=pre.device))
+
+
+class Penalised(Architecture):
+    """An architecture whose sparsity is set by a penalty coefficient (relu's L1 on
+    ``f_j ||d_j||``, jumprelu's L0), named by :attr:`coefficient_key`.
+
+    A penalty coefficient is in units that depend on the model (the same L1 coefficient gives
+    very different L0 on different activations), so the recipe can ask for an L0 instead:
+    ``target_l0``. Each seed's coefficient is then a buffer steered by a proportional-integral
+    controller on the log scale. With ``e`` the log ratio of the seed's training L0 (a moving
+    average over the last few batches) to the target, clamped to [-1, 1], every step past the
+    penalty's warm-up does ``log c += g * target_l0_rate * lr * e + CONTROL_DAMPING * (e - e')``
+    (``lr`` the step's learning rate, ``e'`` the previous step's error, ``g`` 1 or falling
+    with the time controlled: :attr:`CONTROL_SETTLE`).
+
+    * The integral part moves the coefficient until L0 sits at the target. It is proportional
+      to the learning rate because L0 follows the coefficient only as fast as the weights
+      learn, about ``lr`` per step under Adam: the loop then behaves the same in the optimiser's
+      time, whatever the recipe's learning rate, and slows down with it in the final decay.
+    * The proportional part takes back what the integral wound up while L0 was still catching
+      up: without it the coefficient keeps rising while L0 is already falling towards the
+      target, and L0 overshoots (on the tests' synthetic data it swung 15 -> 0.4 -> 3).
+
+    The recipe's coefficient is only the starting point. The controller reads the step, the
+    batch and the learning rate the run is at, never the budget, so a run is the same whatever
+    its budget up to a snapshot's fork, and a decay branch is controlled as a run of its own
+    budget. Its state is in buffers (saved in checkpoints, copied into decay branches); without
+    ``target_l0`` the coefficient stays at the recipe's value.
+    """
+
+    coefficient_key: ClassVar[str]
+    coefficient: torch.Tensor
+    l0_ema: torch.Tensor
+    error: torch.Tensor
+
+    L0_EMA_RATE: ClassVar[float] = 0.2
+    """Rate of the moving average of the training L0 that the controller reads (~5 batches)."""
+    CONTROL_DAMPING: ClassVar[float] = 1.0
+    """Gain of the proportional part (log coefficient per unit of log L0 error)."""
+    CONTROL_SETTLE: ClassVar[float | None] = None
+    """If set, the integral gain falls as ``1 / (1 + t / CONTROL_SETTLE)`` with ``t`` the
+    learning-rate time controlled so far (the sum of the steps' learning rates): fast while
+    the coefficient travels from its start, slower once it has settled (a root search with
+    decreasing steps), so that a transient in L0 moves it less."""
+    TARGET_L0_RATE: ClassVar[float]
+    """Default ``target_l0_rate``: how fast this architecture's L0 follows its coefficient
+    decides how fast the integral part may act before it overshoots."""
+
+    @classmethod
+    def recipe_defaults(cls, cfg: TrainConfig, d_in: int, total_steps: int) -> dict[str, Any]:
+        return {**super().recipe_defaults(cfg, d_in, total_steps),
+                "target_l0_rate": cls.TARGET_L0_RATE}
+
+    def __init__(self, cfg: TrainConfig, d_in: int, n_seeds: int):
+        super().__init__(cfg, d_in, n_seeds)
+        start = float(getattr(cfg, self.coefficient_key))
+        self.register_buffer("coefficient", torch.full((n_seeds,), start, dtype=torch.float64))
+        self.register_buffer("l0_ema", torch.full((n_seeds,), math.nan, dtype=torch.float64))
+        self.register_buffer("error", torch.full((n_seeds,), math.nan, dtype=torch.float64))
+        self.register_buffer("lr_time", torch.zeros(n_seeds, dtype=torch.float64))
+
+    def sparsity_coefficient(self, step: int) -> torch.Tensor:
+        """Each seed's coefficient at ``step`` with the warm-up applied, (S,) in the
+        parameters' dtype."""
+        return self.warmed_up(1.0, step) * self.coefficient.to(self.W_dec.dtype)
+
+    @torch.no_grad()
+    def update_state(self, out: StepOut, step: int, lr: float) -> None:
+        super().update_state(out, step, lr)
+        l0 = out.l0.detach().double()
+        self.l0_ema.copy_(torch.where(torch.isnan(self.l0_ema), l0,
+                                      (1 - self.L0_EMA_RATE) * self.l0_ema
+                                      + self.L0_EMA_RATE * l0))
+        target = self.cfg.target_l0
+        if target is None or step + 1 < (self.cfg.l1_warmup_steps or 0):
+            return  # during the warm-up L0 is high because the penalty is not on yet
+        e = torch.log(self.l0_ema / float(target)).clamp(-1.0, 1.0)  # L0 = 0: -inf -> -1
+        previous = torch.where(torch.isnan(self.error), e, self.error)
+        rate = float(self.cfg.target_l0_rate)  # type: ignore[arg-type]
+        gain = rate * lr * (1 / (1 + self.lr_time / self.CONTROL_SETTLE)
+                            if self.CONTROL_SETTLE else torch.ones_like(self.lr_time))
+        self.coefficient.mul_(torch.exp(gain * e + self.CONTROL_DAMPING * (e - previous)))
+        self.error.copy_(e)
+        self.lr_time.add_(lr)
+
+    def log_state(self) -> dict[str, list[float]]:
+        return {"coefficient": self.coefficient.cpu().tolist()}
+
+    def training_record(self, i: int) -> dict[str, Any]:
+        """With ``target_l0``: the coefficient seed ``i`` reached and its training L0 (moving
+        average over the last batches), under ``target_l0_reached``."""
+        if self.cfg.target_l0 is None:
+            return {}
+        return {"target_l0_reached": {"coefficient": float(self.coefficient[i]),
+                                      "train_l0": float(self.l0_ema[i])}}

@@ -61,8 +61,8 @@ class BatchTopK(TopKFamily):
         return [Pattern.from_flat_indices(idx[i], b, m) for i in range(s)], flat.gather(1, idx)
 
     @torch.no_grad()
-    def update_state(self, out: StepOut, step: int) -> None:
-        super().update_state(out, step)
+    def update_state(self, out: StepOut, step: int, lr: float) -> None:
+        super().update_state(out, step, lr)
         assert out.min_kept is not None
         ok = torch.isfinite(out.min_kept)
         rate = 1.0 if step == 0 else self.cfg.threshold_ema_rate

@@ -49,7 +49,10 @@ class TrainConfig:
     decay: :func:`~.loop.decay_fork_step`). The data are read in the order of
     :class:`~.data.ShuffledStream` (``shuffle_block``, ``shuffle_window`` rows). JumpReLU's
     ``jumprelu_bandwidth``, ``jumprelu_init_threshold`` (in units of the normalised activations) and
-    ``l0_coefficient`` are starting points, not tuned values.
+    ``l0_coefficient`` are starting points, not tuned values. ``target_l0`` (relu, jumprelu):
+    steer each seed's penalty coefficient to that L0 during training, with the integral gain
+    ``target_l0_rate`` per unit of learning rate (default: the architecture's; see
+    :class:`saestab.sae.architecture.Penalised`); None keeps the given coefficient.
 
     ``normalize``: the constant the activations are multiplied by in training (folded into the
     saved weights): ``variance`` makes ``E||x - E x||^2 = 1``, ``mean_sq_norm`` makes
@@ -76,10 +79,13 @@ class TrainConfig:
     lr_decay_fraction: float = 0.2
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 6.25e-10
-    # relu (L1) and jumprelu (L0) sparsity penalties
+    # relu (L1) and jumprelu (L0) sparsity penalties; with target_l0 each seed's coefficient is
+    # steered to that L0 and the given one is its starting point
     l1_coefficient: float | None = None
     l1_warmup_steps: int | None = None
     l0_coefficient: float = 1e-3
+    target_l0: float | None = None
+    target_l0_rate: float | None = None
     # TopK family: AuxK and the BatchTopK inference threshold
     aux_k: int | None = None
     aux_coefficient: float = 1 / 32

@@ -125,11 +125,10 @@ def prepare_data(cache: ActivationCache, cfg: TrainConfig, data_seed: int,
 
 
 # -- stage 2: the model and its optimiser --------------------------------------------------
-def initial_b_dec(cfg: TrainConfig, data: Data) -> torch.Tensor:
-    """The decoder bias every seed starts from: a statistic of evenly spaced rows."""
+def initial_b_dec(cfg: TrainConfig, sample: torch.Tensor) -> torch.Tensor:
+    """The decoder bias every seed starts from: a statistic of the sample."""
     if cfg.b_dec_init == "zeros":
-        return torch.zeros(data.cache.d)
-    sample = data.stream.sample(cfg.b_dec_init_sample).cpu()
+        return torch.zeros(sample.shape[1])
     if cfg.b_dec_init == "geometric_median":
         return geometric_median(sample)
     return sample.double().mean(0).float()
@@ -137,15 +136,22 @@ def initial_b_dec(cfg: TrainConfig, data: Data) -> torch.Tensor:
 
 def build_model(cfg: TrainConfig, data: Data, init_seeds: Sequence[int],
                 init: Sequence[Mapping[str, torch.Tensor]] | None) -> Architecture:
-    """The stacked model of all seeds, from their seeds or from given SAE tensors."""
+    """The stacked model of all seeds, from their seeds or from given SAE tensors.
+
+    A seeded start reads ``b_dec_init_sample`` evenly spaced rows (order-free, so the same for
+    every budget): ``b_dec`` is a statistic of them, and the architecture may set
+    data-dependent initial values from them (:meth:`~saestab.sae.Architecture.init_from_data`).
+    """
     model = cfg.arch(cfg, data.cache.d, len(init_seeds))
     if init is not None:
         for i, tensors in enumerate(init):
             model.load_tensors(i, tensors, data.scale)
     else:
-        b_dec = initial_b_dec(cfg, data)
+        sample = data.stream.sample(cfg.b_dec_init_sample).cpu()
+        b_dec = initial_b_dec(cfg, sample)
         for i, seed in enumerate(init_seeds):
             model.init_seed(i, seed, b_dec)
+            model.init_from_data(i, sample)
     return model.to(data.device)
 
 
@@ -171,10 +177,11 @@ def train_step(state: Trainable, x: torch.Tensor, step: int) -> StepOut:
     state.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     model.constrain_decoder_grad()
+    lr = state.optimizer.param_groups[0]["lr"]  # this step's, before the scheduler moves on
     state.optimizer.step()
     state.scheduler.step()
     model.renormalise_decoder()
-    model.update_state(out, step)
+    model.update_state(out, step, lr)
     return out
 
 
@@ -296,7 +303,7 @@ def export(run: _Run, i: int, step: int, model: Architecture | None = None) -> S
     recipe.update({"steps": step, "tokens_seen": step * cfg.batch_size,
                    "epochs_seen": step * cfg.batch_size / cache.n_tokens,
                    "normalization_scale": run.data.scale, "cache": str(cache.path),
-                   "cache_n_tokens": cache.n_tokens})
+                   "cache_n_tokens": cache.n_tokens, **model.training_record(i)})
     seeds: dict[str, Any] = {"init_seed": run.seeds[i], "data_seed": run.data_seed}
     if run.init_given:  # continued from given tensors: the seed is only a label
         seeds["init"] = "given"
