@@ -20,6 +20,11 @@ aside; ``--seeds`` TopK SAEs with config.yaml's recipe are trained on the rest
 If fit >> held-out contexts, the SAEs memorise contexts; if held-out contexts ~ fit >> eval and
 the EV rises steeply with the token's training count, they learn per-token directions that do
 not reach tokens rarely or never seen in training.
+
+``--fractions 0.25 0.5 1`` repeats the study on nested random subsets of the training contexts
+(that share of them, drawn once) at the same number of optimiser steps (the epochs scaled by
+1 / fraction), and prints fit, held-out and eval EV and the fit - eval gap per fraction: if the
+gap is memorisation, it shrinks as the number of distinct rows grows.
 """
 
 from __future__ import annotations
@@ -60,14 +65,17 @@ def ev(err: np.ndarray, x: np.ndarray, mean: np.ndarray) -> float:
     return 1.0 - float(err.sum()) / float(((x.astype(np.float64) - mean) ** 2).sum())
 
 
-def study(weights: str, args: argparse.Namespace, recipe: dict, work: Path) -> dict:
+def study(weights: str, args: argparse.Namespace, recipe: dict, work: Path,
+          fraction: float = 1.0) -> dict:
     cache_dir = Path(str(RESULTS).format(weights=weights))
     train = ActivationCache.open(cache_dir / "train")
     held = ActivationCache.open(cache_dir / "eval")
     ctx = np.asarray(train.positions()[:, 0])
     out_rows = ctx % args.holdout == 0
-    fit = write_subset(train, np.nonzero(~out_rows)[0], work / f"{weights}-fit")
-    cfg = training.TrainConfig(**{**recipe, "n_epochs": float(args.epochs)})
+    kept = np.random.default_rng(1).random(int(ctx.max()) + 1) < fraction  # nested subsets
+    fit = write_subset(train, np.nonzero(~out_rows & kept[ctx])[0],
+                       work / f"{weights}-fit-{fraction:g}")
+    cfg = training.TrainConfig(**{**recipe, "n_epochs": float(args.epochs) / fraction})
     res = training.train_group(fit, cfg, list(range(args.seeds)), 0,
                                training.RunOptions(snapshots_at_epochs=()))
     counts = np.bincount(np.asarray(fit.token_ids()), minlength=1 << 20)
@@ -107,18 +115,27 @@ def main() -> None:
     ap.add_argument("--holdout", type=int, default=10, help="every n-th context is held out")
     ap.add_argument("--sample", type=int, default=30000, help="fit rows evaluated")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fractions", type=float, nargs="+", default=None,
+                    help="also train on these shares of the training contexts (same steps)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("saestab").setLevel(logging.WARNING)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     recipe = {k: v for k, v in config["sae"]["variants"][args.variant].items()
               if k not in ("n_epochs", "n_tokens", "vary_data_seed")}
-    results = {}
+    results, shares = {}, {}
     with tempfile.TemporaryDirectory(prefix="memorisation-") as tmp:
         for w in args.weights:
             print(f"{w}: training {args.seeds} seeds for {args.epochs:g} epochs ...", flush=True)
             results[w] = study(w, args, recipe, Path(tmp))
+            for f in args.fractions or ():
+                if f != 1.0:
+                    print(f"{w}: {f:g} of the contexts, {args.epochs / f:g} epochs ...",
+                          flush=True)
+                shares[w, f] = results[w] if f == 1.0 else study(w, args, recipe, Path(tmp), f)
     print()
+    if shares:
+        print_fractions(shares, args)
     print(f"{args.variant} recipe of config.yaml, {args.seeds} seeds, {args.epochs:g} epochs on "
           f"the train split less every {args.holdout}th context; EV mean ± sd over seeds")
     names = list(next(iter(results.values()))["rows"])
@@ -134,6 +151,19 @@ def main() -> None:
         print(f"{w}: {r['unique_tokens_fit']} distinct tokens in the rows trained on; "
               f"{100 * r['eval_rows_unseen_token']:.1f}% of eval rows hold a token never seen "
               "there")
+
+
+def print_fractions(shares: dict, args: argparse.Namespace) -> None:
+    print(f"{args.variant} recipe, {args.seeds} seeds, {args.epochs:g} epochs' worth of steps on "
+          "a share of the training contexts; EV mean ± sd over seeds")
+    print("| weights | share | rows trained on | fit | held-out contexts | eval | fit - eval |")
+    print("|---|---|---|---|---|---|---|")
+    for (w, f), r in sorted(shares.items()):
+        e = r["ev"]
+        cells = [f"{e[n][0]:.3f} ± {e[n][1]:.3f}" for n in ("fit", "held-out contexts", "eval")]
+        print(f"| {w} | {f:g} | {r['rows']['fit']} | " + " | ".join(cells)
+              + f" | {e['fit'][0] - e['eval'][0]:.3f} |")
+    print()
 
 
 if __name__ == "__main__":
