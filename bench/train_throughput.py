@@ -28,6 +28,10 @@ one epoch of the training cache, ~180k tokens; lr = our trainer's default for m)
 3. **Encoder FLOP share.** The fp32 rate of a square matmul (GFLOP/s) and the rate of the
    encoder matmul ``x @ W_enc``, (batch, d) x (d, m), timed alone at the training batch size,
    as a share of it.
+4. **Where a step's time goes** (``--profile N``): ``torch.profiler`` over N training steps of
+   one seed (after 20 warm-up steps), the operators by self CPU time per step, and the share of
+   the step taken by the three it cannot do without (the encoder matmul ``baddbmm``, the top-k
+   selection ``topk`` and the fused Adam update): the step's floor on this machine.
 
 The machine has 2 cores and is shared with other processes, so each comparison alternates A and
 B (twice) and keeps the better of each; the load average is printed with the results. The bench
@@ -229,6 +233,8 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=65536, help="held-out rows for the EV")
     ap.add_argument("--skip-saelens", action="store_true", help="skip part 1's SAELens side")
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also profile N training steps of one seed, operator by operator")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("saestab").setLevel(logging.WARNING)
@@ -394,6 +400,8 @@ def main() -> None:
               f"dead window {rcfg.dead_steps} steps, unit-norm decoder (projected gradient), "
               f"b_dec init {rcfg.b_dec_init}, warm-up {rcfg.warmup_steps} steps + linear decay "
               f"over the last {rcfg.lr_decay_fraction:.0%}.")
+    if args.profile:
+        profile_steps(train, cfg, args.profile)
     if args.json:
         Path(args.json).write_text(json.dumps({
             "synthetic": synthetic, "steps": steps, "tokens": n1, "threads": args.threads,
@@ -401,6 +409,40 @@ def main() -> None:
             "together_seconds": together, "one_by_one_seconds": apart, "seeds": s_count,
             "group_tokens": g_tokens, "square_gflops": square, "encoder_gflops": enc,
             "load_before": load_before, "load_after": load_after}, indent=1) + "\n")
+
+
+FLOOR_OPS = ("aten::baddbmm", "aten::topk", "aten::_fused_adam_")
+
+
+def profile_steps(cache: ActivationCache, cfg: TrainConfig, n: int, top: int = 14) -> None:
+    """Part 4: per-operator self CPU time of ``n`` training steps of one seed."""
+    from torch.profiler import profile
+
+    from saestab.training import loop
+
+    rcfg, data = loop.prepare_data(cache, cfg, 0, torch.device("cpu"))
+    state = loop.make_optimizer(loop.build_model(rcfg, data, [0], None), rcfg, data.total_steps)
+    batches = data.stream.batches(0, data.total_steps)
+    xs = [next(batches) for _ in range(20 + n)]
+    for step in range(20):
+        loop.train_step(state, xs[step], step)
+    with profile() as prof:
+        t0 = time.perf_counter()
+        for step in range(20, 20 + n):
+            loop.train_step(state, xs[step], step)
+        wall = (time.perf_counter() - t0) / n
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops) / n / 1e3  # ms per step
+    print(f"\n4. one step of one seed, {n} steps profiled: {1e3 * wall:.1f} ms wall per step "
+          f"(under the profiler), {total:.1f} ms of operator self time")
+    print(f"   {'operator':<34}{'calls/step':>11}{'ms/step':>10}{'share':>8}")
+    for e in ops[:top]:
+        ms = e.self_cpu_time_total / n / 1e3
+        print(f"   {e.key:<34}{e.count / n:>11.1f}{ms:>10.2f}{100 * ms / total:>7.1f}%")
+    floor = sum(e.self_cpu_time_total for e in ops if e.key in FLOOR_OPS) / n / 1e3
+    print(f"   floor ({', '.join(FLOOR_OPS)}): {floor:.2f} ms/step, {100 * floor / total:.0f}% of "
+          f"the step; a step of only these would train {data.stream.batch_size / floor * 1e3:,.0f}"
+          " tokens/s")
 
 
 if __name__ == "__main__":
