@@ -37,7 +37,9 @@ def massive(tmp_path_factory) -> tuple[ActivationCache, ActivationCache]:
 
 def default_topk_recipe(d: int) -> TrainConfig:
     recipe = dict(yaml.safe_load((REPO / "config.yaml").read_text())["sae"]["variants"]["topk"])
-    recipe.update(d_sae=2 * d, k=8)
+    # the default's epoch count is for its own 550k-row cache (~2,150 steps); 8 epochs of the
+    # 65k rows here are 1,024 steps
+    recipe.update(d_sae=2 * d, k=8, n_epochs=8)
     return TrainConfig(**recipe)
 
 

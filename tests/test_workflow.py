@@ -79,7 +79,9 @@ def test_workflow_saes_and_census(workdir):
             for epoch in (1, 2):
                 assert len(list(base.glob(f"group*/snapshots/epoch{epoch}/seed*/eval.json"))) == 3
             ev = json.loads((base / "group0" / "seed0" / "eval.json").read_text())
-            assert 0.3 < ev["ev"] <= 1.0
+            # ReLU+L1 steered to the TopK k (L0 4 of d 32) pays for its L1 shrinkage: EV ~0.2
+            # on this model (bench/target_l0.py), TopK ~0.5
+            assert (0.1 if variant == "relu" else 0.3) < ev["ev"] <= 1.0, (weights, variant)
             cfg = json.loads((base / "group0" / "seed0" / "cfg.json").read_text())
             assert cfg["hook_name"] == hook and cfg["d_in"] == 32 and cfg["d_sae"] == 64
             meta = cfg["metadata"]  # what SAELens / SAEBench users read
