@@ -21,6 +21,12 @@ wildcard_constraints:
     figure="[a-z0-9_]+",
 
 
+def job_threads():
+    """Threads of a compute-heavy job (caching, training, census, masking, surface statistics,
+    pools): the --cores shared by config `parallel_jobs` such jobs side by side, at least one."""
+    return max(1, int(workflow.cores) // config["parallel_jobs"])
+
+
 def figure_png(stage, name="{figure}"):
     """A figure's PNG; every figure rule also declares its vector copy,
     figures.vector(figure_png(...)), which the plotting code writes beside it."""

@@ -102,7 +102,7 @@ rule cache_activations:
         weights="trained|random",  # synthetic caches come from synthetic_cache
     conda:
         "../../envs/model.yaml"
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         mem_mb=8000,
         runtime=120,

@@ -23,7 +23,7 @@ rule masking:
         "benchmarks/{model}/{weights}/{hook}/masking/{variant}.tsv"
     conda:
         "../../envs/model.yaml"
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         mem_mb=8000,
         runtime=60,
@@ -60,7 +60,7 @@ rule surface_stats:
         "benchmarks/{model}/{weights}/{hook}/surface_stats/{variant}.tsv"
     conda:
         "../../envs/model.yaml"
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         mem_mb=8000,
         runtime=30,

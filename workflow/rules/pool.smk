@@ -25,7 +25,7 @@ rule pool_saes:
         "benchmarks/{model}/{weights}/{hook}/pool_saes/{variant}.tsv"
     conda:
         "../../envs/analysis.yaml"
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         # one pool's source SAEs in memory at a time, with room for d_in up to ~2300
         mem_mb=lambda wc: 8000

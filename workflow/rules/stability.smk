@@ -29,7 +29,7 @@ rule stability_census:
         "benchmarks/{model}/{weights}/{hook}/stability_census/{variant}.tsv"
     conda:
         "../../envs/analysis.yaml"
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         mem_mb=8000,
         runtime=60,

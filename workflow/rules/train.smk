@@ -13,7 +13,7 @@ rule train_saes:
         "benchmarks/{model}/{weights}/{hook}/train_saes/{variant}-group{group}.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         mem_mb=8000,
         runtime=240,

@@ -39,6 +39,7 @@ def set_threads(n: int | None) -> None:
 # :func:`result_section`, which drops them.
 RUNTIME_KEYS: tuple[str, ...] = (
     "device",
+    "parallel_jobs",
     "sae.checkpoint_every",
     "sae.eval_batch_size",
     "stability.chunk_size",
