@@ -341,16 +341,58 @@ def bridge_runners(bridge: Any, hook: str, reuse_prefix: bool = True) -> tuple[R
     return clean, patched
 
 
-def _loss_terms(logits: torch.Tensor, tokens: torch.Tensor,
-                clean_logp: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token CE and KL(clean || this) over predictions from position 1 on."""
-    logp = torch.log_softmax(logits[:, 1:-1].double(), dim=-1)
-    target = tokens[:, 2:].to(logits.device)
-    ce = -logp.gather(-1, target.unsqueeze(-1)).sum()
-    if clean_logp is None:
-        return ce, torch.zeros((), dtype=torch.float64, device=logits.device)
-    kl = (clean_logp.exp() * (clean_logp - logp)).sum()
-    return ce, kl
+@dataclass
+class _CleanRun:
+    """The clean run of one context batch, over its predictions from position 1 on (flattened to
+    rows): logits, next-token probabilities, targets, summed CE."""
+
+    logits: torch.Tensor  # (n, V) float32
+    p: torch.Tensor       # (n, V) float32
+    target: torch.Tensor  # (n, 1)
+    ce: float
+
+    @classmethod
+    def of(cls, logits: torch.Tensor, tokens: torch.Tensor) -> _CleanRun:
+        z = logits[:, 1:-1].float().reshape(-1, logits.shape[-1])
+        logp = torch.log_softmax(z, dim=-1)
+        target = tokens[:, 2:].to(logits.device).reshape(-1, 1)
+        ce = float(-logp.gather(-1, target).double().sum())
+        p = logp.exp_()
+        return cls(logits=z, p=p, target=target, ce=ce)
+
+
+LOSS_ROWS = 8
+"""Predictions per piece of the loss terms: a few (rows, vocabulary) float32 blocks stay in the
+CPU cache, where whole-batch passes were memory-bound (1.7x slower at 49k-token vocabularies)."""
+
+
+def _loss_terms(logits: torch.Tensor, clean: _CleanRun) -> tuple[float, float]:
+    """Summed next-token CE and KL(clean || this) over predictions from position 1 on.
+
+    With ``d = z - z_clean`` (logits; ``log p - log p_clean`` up to a constant per prediction)
+    and ``L = log sum_v p_clean e^d``: ``KL = sum_t (L - sum_v p_clean d)`` and
+    ``CE = CE_clean + sum_t (L - d_target)``. Each term is small, so float32 per prediction
+    (float64 sums; ``p_clean`` renormalised by its float32 sum, taken the same way as the sum
+    weighted by ``e^d``, so that an unchanged run gives exactly 0) stays within ~1e-8 nats per
+    prediction of a float64 log-softmax (2.5e-9 on a 49k vocabulary), at a third of its cost.
+    """
+    n_pos = logits.shape[1] - 2
+    pieces = [(b, j) for b in range(logits.shape[0]) for j in range(0, n_pos, LOSS_ROWS)]
+    ce = kl = 0.0
+    for b, j in pieces:  # (batch, position) blocks: no copy of the whole logits tensor
+        z = logits[b, 1 + j:1 + min(j + LOSS_ROWS, n_pos)]
+        rows = slice(b * n_pos + j, b * n_pos + j + z.shape[0])
+        p = clean.p[rows]
+        p_sum = p.sum(-1).double()
+        d = z.float() - clean.logits[rows]
+        p_d = (p * d).sum(-1).double() / p_sum
+        d_target = d.gather(-1, clean.target[rows]).squeeze(-1).double()
+        top = d.amax(dim=-1, keepdim=True)  # e^(d - top) cannot overflow
+        big_l = (torch.log((p * d.sub_(top).exp_()).sum(-1).double() / p_sum)
+                 + top.squeeze(-1).double())
+        ce += float((big_l - d_target).sum())
+        kl += float((big_l - p_d).sum())
+    return clean.ce + ce, kl
 
 
 @torch.no_grad()
@@ -384,9 +426,8 @@ def spliced_loss(run_clean: RunClean, run_patched: RunPatched, sae: SAE, context
         tokens = torch.from_numpy(contexts[start:start + batch_size]).to(device)
         logits, acts = run_clean(tokens)
         x = acts.float()
-        clean_logp = torch.log_softmax(logits[:, 1:-1].double(), dim=-1)
-        c_ce, _ = _loss_terms(logits, tokens, None)
-        ce_clean += float(c_ce)
+        clean = _CleanRun.of(logits, tokens)
+        ce_clean += clean.ce
         n_pred += int(tokens.shape[0] * (tokens.shape[1] - 2))
         patch = torch.ones(x.shape[:2], dtype=torch.bool, device=device)
         patch[:, 0] = False
@@ -405,8 +446,7 @@ def spliced_loss(run_clean: RunClean, run_patched: RunPatched, sae: SAE, context
                 if key not in done:
                     new = (x - removed) if keep_error else (x_hat - removed)
                     new = torch.where(patch.unsqueeze(-1), new, x)
-                    c, d = _loss_terms(run_patched(tokens, new), tokens, clean_logp)
-                    done[key] = (float(c), float(d))
+                    done[key] = _loss_terms(run_patched(tokens, new), clean)
                 ce[(k, keep_error)] += done[key][0]
                 kl[(k, keep_error)] += done[key][1]
     rows = []
