@@ -71,20 +71,22 @@ def scan_activations(sae: SAE, cache: ActivationCache, top_k: int = 64, batch_si
     total = torch.zeros(m, dtype=torch.float64, device=device)
     vmax = torch.zeros(m, dtype=torch.float32, device=device)
     k = min(top_k, n)
-    top_v = torch.zeros(k, m, dtype=torch.float32, device=device)
-    top_r = torch.zeros(k, m, dtype=torch.int64, device=device)
+    # the running top-k per feature, feature-major: (m, k) rows are contiguous for topk
+    top_v = torch.zeros(m, k, dtype=torch.float32, device=device)
+    top_r = torch.zeros(m, k, dtype=torch.int64, device=device)
     starts = range(0, n, batch_size)
     for start in progress(starts, total=len(starts), desc="feature activations", unit="batch"):
         x = torch.from_numpy(cache.load(start, min(start + batch_size, n))).to(device)
         f = sae.encode(x).float()
         count += (f > 0).sum(0)
-        total += f.double().sum(0)
+        total += f.sum(0).double()  # float32 within a batch, float64 across batches
         vmax = torch.maximum(vmax, f.max(0).values)
-        rows = torch.arange(start, start + len(f), device=device).unsqueeze(1).expand_as(f)
-        cand_v = torch.cat([top_v, f])
-        cand_r = torch.cat([top_r, rows])
-        top_v, pick = cand_v.topk(k, dim=0)
-        top_r = cand_r.gather(0, pick)
+        batch_v, batch_i = f.T.contiguous().topk(min(k, len(f)), dim=1)
+        cand_v = torch.cat([top_v, batch_v], dim=1)
+        cand_r = torch.cat([top_r, batch_i + start], dim=1)
+        top_v, pick = cand_v.topk(k, dim=1)
+        top_r = cand_r.gather(1, pick)
+    top_v, top_r = top_v.T.contiguous(), top_r.T.contiguous()
     norms = sae.W_dec.detach().double().norm(dim=1)
     return FeatureActivations(
         n_tokens=n, count=count.cpu().numpy(), total=total.cpu().numpy(),
