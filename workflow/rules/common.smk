@@ -23,7 +23,8 @@ wildcard_constraints:
 
 def job_threads():
     """Threads of a compute-heavy job (caching, training, census, masking, surface statistics,
-    pools): the --cores shared by config `parallel_jobs` such jobs side by side, at least one."""
+    pools): the --cores shared by config `parallel_jobs` such jobs side by side, at least one.
+    """
     return max(1, int(workflow.cores) // config["parallel_jobs"])
 
 
