@@ -69,6 +69,15 @@ def test_readme_table_comes_from_the_summary(tmp_path: Path) -> None:
             "topk |") in text
     assert "| C1 null: homogeneous p | null | 1 [0.9, 1.1] | ratio ≥ 2 | – | not reproduced |" \
         in text
+    readme.write_text("a\n<!-- compute:begin -->\nold\n<!-- compute:end -->\nb\n")
+    compute = {"total_seconds": 1234.5, "n_jobs": 3,
+               "per_rule_seconds": {"train_saes": 1000.25, "masking": 234.25}}
+    gallery.update_readme(readme, gallery.readme_compute({"compute": compute}),
+                          gallery.COMPUTE_BEGIN, gallery.COMPUTE_END)
+    text = readme.read_text()
+    assert "old" not in text and "1,234 s over 3 benchmarked jobs (train_saes 1,000 s, " \
+        "masking 234 s)" in text
+    assert gallery.readme_compute({"rows": []}).startswith("No benchmark records")
     bare = tmp_path / "bare.md"
     bare.write_text("no markers")
     import pytest

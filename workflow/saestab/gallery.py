@@ -65,6 +65,7 @@ def build(figures: Path, out: Path, max_width: int = 900) -> list[Path]:
 
 BEGIN, END = "<!-- summary:begin -->", "<!-- summary:end -->"
 GALLERY_BEGIN, GALLERY_END = "<!-- gallery:begin -->", "<!-- gallery:end -->"
+COMPUTE_BEGIN, COMPUTE_END = "<!-- compute:begin -->", "<!-- compute:end -->"
 
 
 def readme_gallery(files: Sequence[Path], relative_to: Path) -> str:
@@ -96,6 +97,18 @@ def readme_table(summary: dict) -> str:
         lines.append(f"| {r['id']} | {r['kind']} | {value} | {r.get('floor') or '–'} | "
                      f"{r.get('rule_verdict') or '–'} | {verdict} |")
     return "\n".join(lines)
+
+
+def readme_compute(summary: dict) -> str:
+    """The README's line on what the run cost: job time per rule, from a ``summary.json``."""
+    c = summary.get("compute") or {}
+    if not c.get("per_rule_seconds"):
+        return "No benchmark records in this run's summary."
+    parts = ", ".join(f"{rule} {sec:,.0f} s" for rule, sec in c["per_rule_seconds"].items())
+    return (f"Job time of the run the results above come from: {c['total_seconds']:,.0f} s over "
+            f"{c['n_jobs']} benchmarked jobs ({parts}), summed from its `benchmarks/` records; "
+            "jobs that run side by side (`parallel_jobs`) make the wall time shorter than the "
+            "sum.")
 
 
 def update_readme(readme: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
@@ -131,7 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error("--summary needs --readme")
         if not args.summary.is_file():
             raise io.InputError(f"{args.summary}: no summary; run the workflow first (make run)")
-        update_readme(args.readme, readme_table(json.loads(args.summary.read_text())))
+        summary = json.loads(args.summary.read_text())
+        update_readme(args.readme, readme_table(summary))
+        update_readme(args.readme, readme_compute(summary), COMPUTE_BEGIN, COMPUTE_END)
         print(f"gallery: results table in {args.readme} rewritten from {args.summary}")
     return 0 if files else 1
 
