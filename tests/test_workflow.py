@@ -204,6 +204,21 @@ def test_second_run_has_nothing_to_do(workdir):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_parallel_jobs_shares_the_cores_and_reruns_nothing(workdir):
+    def threads(*config: str) -> set[str]:
+        plan = snakemake(workdir, "--cores", "2", "-n", "--forcerun", "train_saes",
+                         *config).stdout
+        jobs = plan.split("\nrule ")[1:]
+        return {line.strip() for job in jobs if job.startswith("train_saes:")
+                for line in job.splitlines() if line.strip().startswith("threads:")}
+
+    assert threads() == {"threads: 2"}  # parallel_jobs 1: a job takes every core
+    assert threads("--config", "parallel_jobs=2") == set()  # one thread each (not printed)
+    # a run-time setting: a finished study is not rerun for it
+    proc = snakemake(workdir, "--cores", "2", "-n", "--config", "parallel_jobs=2")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
 def test_interrupted_output_is_rebuilt(workdir, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(workdir, wd, ignore=shutil.ignore_patterns(".snakemake"))

@@ -11,6 +11,10 @@ rule train_saes:
         "logs/{model}/{weights}/{hook}/train_saes/{variant}-group{group}.log",
     benchmark:
         "benchmarks/{model}/{weights}/{hook}/train_saes/{variant}-group{group}.tsv"
+    # the longest jobs start first: in the 2-core default run, the census, surface, pool and
+    # masking jobs of the first trained configuration went ahead of the third training job,
+    # which then ran alone on one of the two cores for 11 of its 12 minutes
+    priority: 10
     conda:
         "../../envs/train.yaml"
     threads: job_threads()
