@@ -65,11 +65,14 @@ def evaluate_sae(sae: SAE, cache: ActivationCache | str | Path, batch_size: int 
     for start in progress(starts, total=len(starts), desc="evaluate", unit="batch"):
         x = torch.from_numpy(cache.load(start, min(start + batch_size, n))).to(device)
         f = sae.encode(x).float()
-        # Sums within a batch in float32 (torch reduces pairwise), across batches in float64:
-        # converting the (batch, d_sae) codes to float64 cost a third of the time.
-        sse += (x - sae.decode(f).float()).pow_(2).sum().double()
-        s1 += x.sum(0).double()
-        s2 += x.pow(2).sum().double()
+        x64 = x.double()
+        sse += (x64 - sae.decode(f).double()).pow_(2).sum()
+        s1 += x64.sum(0)
+        s2 += x64.pow(2).sum()
+        # Per-feature sums within a batch in float32, across batches in float64: a float64 copy
+        # of the (batch, d_sae) codes cost a third of the time. The reconstruction error stays
+        # in float64: with it in float32 too, the census summaries of a SLURM run and a local
+        # run differed beyond 1e-12 (tests/slurm), while the per-feature columns matched.
         counts += (f > 0).sum(0)
         f_sum += f.sum(0).double()
         f_sq += f.pow(2).sum(0).double()
