@@ -11,9 +11,9 @@ rule train_saes:
         "logs/{model}/{weights}/{hook}/train_saes/{variant}-group{group}.log",
     benchmark:
         "benchmarks/{model}/{weights}/{hook}/train_saes/{variant}-group{group}.tsv"
-    # the longest jobs start first: in the 2-core default run, the census, surface, pool and
-    # masking jobs of the first trained configuration went ahead of the third training job,
-    # which then ran alone on one of the two cores for 11 of its 12 minutes
+    # the longest jobs start first: in a 2-core default run (two jobs side by side), the
+    # census, surface, pool and masking jobs of both TopK configurations went ahead of the
+    # ReLU group's training, which then ran alone on one of the two cores for all 11.5 minutes
     priority: 10
     conda:
         "../../envs/train.yaml"
