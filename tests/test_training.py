@@ -186,6 +186,18 @@ def test_sparse_path_matches_dense(arch: str) -> None:
         assert torch.allclose(sg[n], dg[n], rtol=1e-4, atol=1e-6), n
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_indices_are_the_k_largest_in_column_order(dtype: torch.dtype) -> None:
+    """The CPU selection (numpy's introselect) keeps torch.topk's set, in column order."""
+    from saestab.sae._sparse import top_indices
+
+    x = torch.randn(3, 50, 97, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    for k in (1, 7, 96):
+        idx = top_indices(x, k)
+        assert idx.shape == (3, 50, k) and idx.dtype == torch.int64
+        assert torch.equal(idx, x.topk(k, dim=-1).indices.sort(dim=-1).values), k
+
+
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 def test_sparse_and_dense_train_the_same_models(caches, arch: str) -> None:
     kw = {"architecture": arch, "n_epochs": None, "n_tokens": 12 * 128, "dead_steps": 4}

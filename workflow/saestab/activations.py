@@ -142,12 +142,16 @@ class ActivationCache:
         return self._load(self.path / self.header["shards"][i]["file"], "activation shard")
 
     def load(self, start: int = 0, stop: int | None = None,
-             dtype: np.dtype | type = np.float32) -> np.ndarray:
-        """Rows ``[start, stop)`` as one in-memory array."""
+             dtype: np.dtype | type = np.float32, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` as one in-memory array (written into ``out`` if given)."""
         stop = self.n_tokens if stop is None else min(stop, self.n_tokens)
         if not 0 <= start <= stop:
             raise IndexError(f"row range [{start}, {stop}) outside 0..{self.n_tokens}")
-        out = np.empty((stop - start, self.d), dtype=dtype)
+        if out is None:
+            out = np.empty((stop - start, self.d), dtype=dtype)
+        elif out.shape != (stop - start, self.d):
+            raise ValueError(f"out has shape {out.shape}, rows [{start}, {stop}) need "
+                             f"{(stop - start, self.d)}")
         for i in range(self.n_shards):
             lo, hi = self._offsets[i], self._offsets[i + 1]
             a, b = max(lo, start), min(hi, stop)

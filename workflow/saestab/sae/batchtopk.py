@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._sparse import Pattern
+from ._sparse import Pattern, top_indices
 from .architecture import StepOut, register, threshold_activation
 from .topk import TopKFamily
 
@@ -57,7 +57,7 @@ class BatchTopK(TopKFamily):
     def sparse_select(self, pre: torch.Tensor) -> tuple[list[Pattern], torch.Tensor]:
         s, b, m = pre.shape
         flat = pre.reshape(s, b * m)
-        idx = flat.topk(_n_keep(self.cfg.k, b, m), sorted=False).indices.sort().values  # type: ignore[arg-type]
+        idx = top_indices(flat, _n_keep(self.cfg.k, b, m))  # type: ignore[arg-type]
         return [Pattern.from_flat_indices(idx[i], b, m) for i in range(s)], flat.gather(1, idx)
 
     @torch.no_grad()

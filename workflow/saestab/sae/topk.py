@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._sparse import Pattern, sparse_code, sparse_decode
+from ._sparse import Pattern, sparse_code, sparse_decode, sparse_squared_error, top_indices
 from .architecture import Architecture, StepOut, register
 
 if TYPE_CHECKING:
@@ -34,13 +34,21 @@ class _Code:
     """The forward pass of a TopK-family stack on one batch."""
 
     pre: torch.Tensor  # (S, B, m) pre-activations (detached in the sparse path)
-    x_hat: torch.Tensor  # (S, B, d)
+    x_hat: torch.Tensor | None  # (S, B, d) (dense path)
     main: torch.Tensor  # (S,) reconstruction loss
     sse: torch.Tensor  # (S,) squared error of the full reconstruction, summed over the batch
     l0: torch.Tensor  # (S,)
     fired: torch.Tensor  # (S, m)
     min_kept: torch.Tensor  # (S,) float64, inf where nothing was kept
     xin: torch.Tensor | None = None  # (S, B, d) x - b_dec, kept for the sparse AuxK
+    r: torch.Tensor | None = None  # (S, B, d) x_hat - x, detached (sparse path)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``x - x_hat``, detached: what AuxK reconstructs."""
+        if self.r is not None:
+            return -self.r
+        assert self.x_hat is not None
+        return (x - self.x_hat).detach()
 
 
 class TopKFamily(Architecture):
@@ -66,11 +74,10 @@ class TopKFamily(Architecture):
 
     def training_loss(self, x: torch.Tensor, step: int) -> StepOut:
         code = self._sparse_forward(x) if self.sparse else self._dense_forward(x, step)
-        resid = (x - code.x_hat).detach()
         dead = self.dead(step)
         aux = code.main.new_zeros(code.main.shape)
         if dead is not None and bool(dead.any()):
-            aux = self.cfg.aux_coefficient * self._auxk(code, resid, dead)
+            aux = self.cfg.aux_coefficient * self._auxk(code, code.residual(x), dead)
         return StepOut(loss=(code.main + aux).sum(), sse=code.sse, l0=code.l0, aux=aux.detach(),
                        fired=code.fired, min_kept=code.min_kept)
 
@@ -97,16 +104,16 @@ class TopKFamily(Architecture):
             pre = torch.baddbmm(self.b_enc.unsqueeze(1), xin, self.W_enc)
             patterns, values = self.sparse_select(pre)
         vals = sparse_code(xin, self.b_dec, self.W_enc, self.b_enc, values, patterns)
-        x_hat = sparse_decode(vals, self.W_dec, patterns) + self.b_dec.unsqueeze(1)
+        err, r = sparse_squared_error(vals, self.W_dec, self.b_dec, xin, patterns)
         active = vals.detach() > 0
-        fired = torch.zeros_like(self.since_fired, dtype=torch.bool)
+        fired = torch.zeros(self.since_fired.shape, dtype=vals.dtype, device=vals.device)
         for i, p in enumerate(patterns):
-            fired[i, p.col[active[i]]] = True
+            fired[i].index_add_(0, p.col, active[i].to(vals.dtype))
+        fired = fired > 0
         min_kept = torch.where(active, vals.detach(), torch.inf).amin(1).double()
-        err = (x_hat - x).pow(2).sum(-1)
-        return _Code(pre=pre, x_hat=x_hat, main=err.mean(-1), sse=err.detach().sum(-1),
+        return _Code(pre=pre, x_hat=None, main=err.mean(-1), sse=err.detach().sum(-1),
                      fired=fired, min_kept=min_kept,
-                     l0=active.sum(1).to(x.dtype) / x.shape[0], xin=xin)
+                     l0=active.sum(1).to(x.dtype) / x.shape[0], xin=xin, r=r)
 
     def _auxk(self, code: _Code, resid: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
         """AuxK per seed: the top ``aux_k`` dead latents reconstruct the residual."""
@@ -115,9 +122,7 @@ class TopKFamily(Architecture):
         k_aux = int(min(self.cfg.aux_k, int(n_dead.max())))  # type: ignore[call-overload]
         with torch.no_grad():
             masked = torch.where(dead.unsqueeze(1), pre, -torch.inf)
-            idx = masked.topk(k_aux, dim=-1, sorted=False).indices
-            if code.xin is not None:  # CSR rows need their column indices in order
-                idx = idx.sort(dim=-1).values
+            idx = top_indices(masked, k_aux)  # in column order, as CSR rows need
             keep = dead.unsqueeze(1).expand_as(pre).gather(-1, idx).to(pre.dtype)
         if code.xin is not None:  # sparse path
             patterns = [Pattern.from_row_indices(idx[i], pre.shape[2])
@@ -146,7 +151,7 @@ class TopK(TopKFamily):
 
     def sparse_select(self, pre: torch.Tensor) -> tuple[list[Pattern], torch.Tensor]:
         k = int(self.cfg.k)  # type: ignore[arg-type]
-        idx = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+        idx = top_indices(pre, k)
         patterns = [Pattern.from_row_indices(idx[i], pre.shape[2]) for i in range(pre.shape[0])]
         return patterns, pre.gather(-1, idx).flatten(1)
 

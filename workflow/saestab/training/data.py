@@ -13,6 +13,8 @@ batch of any step is therefore known from the step alone: resuming needs no data
 the step, and a decay branch forked at a step reads the same batches the main run reads there.
 Only two windows are in memory at a time (the one being consumed and the next, read by a
 background thread while the current one trains), so peak memory does not grow with the cache.
+A window is held in block order with its shuffled order as indices; each batch is gathered
+through them.
 """
 
 from __future__ import annotations
@@ -93,24 +95,26 @@ class ShuffledStream:
             parts.append(idx[self._permutation(w, len(idx))])
         return np.concatenate(parts)
 
-    def read(self, window: Window) -> torch.Tensor:
-        """The rows of ``window`` in their shuffled order, scaled, on the device."""
-        sizes = self.block_sizes(window.blocks)
-        # scatter each block straight to its shuffled positions: one window-sized buffer
-        dest = np.empty(window.n_rows, dtype=np.int64)
-        dest[self._permutation(window, len(dest))] = np.arange(len(dest))
-        out = np.empty((len(dest), self.cache.d), dtype=np.float32)
+    def read(self, window: Window) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of ``window`` in block order, unscaled, on the device, and the window's
+        shuffled order as indices into them (int64, on the device). The blocks are copied
+        contiguously; :meth:`batches` gathers each batch through the order and scales it, which
+        costs a batch-sized pass instead of a window-sized scatter and scale."""
+        out = np.empty((window.n_rows, self.cache.d), dtype=np.float32)
         pos = 0
-        for b, size in zip(window.blocks, sizes, strict=True):
-            out[dest[pos:pos + size]] = self.cache.load(int(b) * self.block,
-                                                        int(b) * self.block + int(size))
+        for b, size in zip(window.blocks, self.block_sizes(window.blocks), strict=True):
+            self.cache.load(int(b) * self.block, int(b) * self.block + int(size),
+                            out=out[pos:pos + size])
             pos += int(size)
-        x = torch.from_numpy(out)
-        if self.scale != 1.0:
-            x.mul_(self.scale)
+        rows = torch.from_numpy(out)
+        order = torch.from_numpy(self._permutation(window, window.n_rows))
         if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device)
+            rows = rows.pin_memory().to(self.device, non_blocking=True)
+        return rows.to(self.device), order.to(self.device)
+
+    def _gather(self, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        x = rows.index_select(0, idx)
+        return x.mul_(self.scale) if self.scale != 1.0 else x
 
     # -- batches -----------------------------------------------------------------------------
     def batches(self, start: int, stop: int) -> Iterator[torch.Tensor]:
@@ -118,25 +122,33 @@ class ShuffledStream:
         plan = list(self._plan(start, stop))
         if not plan:
             return
+        b = self.batch_size
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream") as pool:
-            pending: Future[torch.Tensor] = pool.submit(self.read, plan[0][0])
+            pending: Future[tuple[torch.Tensor, torch.Tensor]] = pool.submit(self.read,
+                                                                            plan[0][0])
             step = start
-            carry: torch.Tensor | None = None
+            carry: torch.Tensor | None = None  # rows of a batch begun in the previous window
             for i, (window, skip) in enumerate(plan):
-                x = pending.result()
+                rows, order = pending.result()
                 if i + 1 < len(plan):
                     pending = pool.submit(self.read, plan[i + 1][0])
-                x = x[skip:]
+                order = order[skip:]
                 if window.index == 0:
                     carry = None  # a new epoch: its predecessor's partial batch is dropped
-                if carry is not None and len(carry):
-                    x = torch.cat([carry, x])
                 pos = 0
-                while pos + self.batch_size <= len(x) and step < stop:
-                    yield x[pos:pos + self.batch_size]
-                    pos += self.batch_size
+                if carry is not None and len(carry):
+                    pos = min(b - len(carry), len(order))
+                    carry = torch.cat([carry, self._gather(rows, order[:pos])])
+                    if len(carry) == b and step < stop:
+                        yield carry
+                        step += 1
+                        carry = None
+                while pos + b <= len(order) and step < stop:
+                    yield self._gather(rows, order[pos:pos + b])
+                    pos += b
                     step += 1
-                carry = x[pos:]
+                if carry is None or not len(carry):
+                    carry = self._gather(rows, order[pos:])
 
     def _plan(self, start: int, stop: int) -> Iterator[tuple[Window, int]]:
         """The windows that steps ``start .. stop-1`` read, each with the number of leading rows

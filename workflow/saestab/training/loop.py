@@ -409,7 +409,7 @@ class _Metrics:
         self.sse += out.sse.double()
         self.aux += out.aux.double()
         self.l0 += out.l0.double()
-        self.var += (x - x.mean(0)).double().pow(2).sum()
+        self.var += torch.linalg.vector_norm(x - x.mean(0)).double().square()  # float32: a log line
         self.n_batches += 1
         self.n_tokens += x.shape[0]
 
