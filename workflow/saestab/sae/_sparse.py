@@ -163,6 +163,7 @@ class SparseDecodeError(torch.autograd.Function):
         ctx.save_for_backward(vals, w_dec, r)
         ctx.patterns = patterns
         ctx.mark_non_differentiable(r)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for r
         return torch.einsum("sbd,sbd->sb", r, r), r
 
     @staticmethod
