@@ -116,6 +116,34 @@ class SparsePre(torch.autograd.Function):
         return None, g_bdec, g_w, g_b if ctx.needs_input_grad[3] else None, None, None
 
 
+def _decode(vals: torch.Tensor, w_dec: torch.Tensor, patterns: Sequence[Pattern],
+            minus: torch.Tensor | None = None) -> torch.Tensor:
+    """``f @ W_dec`` per seed (S, B, d), less ``minus`` (S, B, d) if given."""
+    out = w_dec.new_empty(len(patterns), patterns[0].shape[0], w_dec.shape[2])
+    for i, p in enumerate(patterns):
+        if minus is None:
+            torch.addmm(out[i], p.csr(vals[i]), w_dec[i], beta=0.0, out=out[i])
+        else:
+            torch.addmm(minus[i], p.csr(vals[i]), w_dec[i], beta=-1.0, out=out[i])
+    return out
+
+
+def _decode_backward(vals: torch.Tensor, w_dec: torch.Tensor, g: torch.Tensor,
+                     patterns: Sequence[Pattern], need_v: bool,
+                     need_w: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of ``f @ W_dec`` into the active values (S, nnz) and ``W_dec`` given the
+    output's gradient ``g`` (S, B, d)."""
+    g_v = torch.empty_like(vals) if need_v else None
+    g_w = torch.empty_like(w_dec) if need_w else None
+    for i, p in enumerate(patterns):
+        if g_v is not None:
+            g_v[i] = torch.sparse.sampled_addmm(p.csr(vals[i]), g[i], w_dec[i].T,
+                                                beta=0.0).values()
+        if g_w is not None:  # (m, d), W_dec's own layout: written in place
+            torch.addmm(g_w[i], p.csr_t(vals[i]), g[i], beta=0.0, out=g_w[i])
+    return g_v, g_w
+
+
 class SparseDecode(torch.autograd.Function):
     """``f @ W_dec`` per seed for codes with values ``vals`` (S, nnz) at the patterns."""
 
@@ -124,24 +152,13 @@ class SparseDecode(torch.autograd.Function):
                 patterns: Sequence[Pattern]) -> torch.Tensor:
         ctx.save_for_backward(vals, w_dec)
         ctx.patterns = patterns
-        out = w_dec.new_empty(len(patterns), patterns[0].shape[0], w_dec.shape[2])
-        for i, p in enumerate(patterns):
-            torch.addmm(out[i], p.csr(vals[i]), w_dec[i], beta=0.0, out=out[i])
-        return out
+        return _decode(vals, w_dec, patterns)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         vals, w_dec = ctx.saved_tensors
-        need_v, need_w = ctx.needs_input_grad[:2]
-        g_v = torch.empty_like(vals) if need_v else None
-        g_w = torch.empty_like(w_dec) if need_w else None
-        for i, p in enumerate(ctx.patterns):
-            if g_v is not None:
-                g_v[i] = torch.sparse.sampled_addmm(p.csr(vals[i]), g[i], w_dec[i].T,
-                                                    beta=0.0).values()
-            if g_w is not None:  # (m, d), W_dec's own layout: written in place
-                torch.addmm(g_w[i], p.csr_t(vals[i]), g[i], beta=0.0, out=g_w[i])
-        return g_v, g_w, None
+        return (*_decode_backward(vals, w_dec, g, ctx.patterns, *ctx.needs_input_grad[:2]),
+                None)
 
 
 class SparseDecodeError(torch.autograd.Function):
@@ -157,9 +174,7 @@ class SparseDecodeError(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, vals: torch.Tensor, w_dec: torch.Tensor, b_dec: torch.Tensor,
                 xin: torch.Tensor, patterns: Sequence[Pattern]) -> tuple[torch.Tensor, ...]:
-        r = torch.empty_like(xin)
-        for i, p in enumerate(patterns):
-            torch.addmm(xin[i], p.csr(vals[i]), w_dec[i], beta=-1.0, out=r[i])
+        r = _decode(vals, w_dec, patterns, minus=xin)
         ctx.save_for_backward(vals, w_dec, r)
         ctx.patterns = patterns
         ctx.mark_non_differentiable(r)
@@ -171,14 +186,7 @@ class SparseDecodeError(torch.autograd.Function):
         vals, w_dec, r = ctx.saved_tensors
         need_v, need_w, need_b = ctx.needs_input_grad[:3]
         gr = r * (2.0 * g).unsqueeze(-1)
-        g_v = torch.empty_like(vals) if need_v else None
-        g_w = torch.empty_like(w_dec) if need_w else None
-        for i, p in enumerate(ctx.patterns):
-            if g_v is not None:
-                g_v[i] = torch.sparse.sampled_addmm(p.csr(vals[i]), gr[i], w_dec[i].T,
-                                                    beta=0.0).values()
-            if g_w is not None:  # (m, d), W_dec's own layout: written in place
-                torch.addmm(g_w[i], p.csr_t(vals[i]), gr[i], beta=0.0, out=g_w[i])
+        g_v, g_w = _decode_backward(vals, w_dec, gr, ctx.patterns, need_v, need_w)
         return g_v, g_w, gr.sum(1) if need_b else None, None, None
 
 
