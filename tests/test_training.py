@@ -164,13 +164,22 @@ def stacked_model(arch: str, decode: str, n_seeds: int = 2, **kw) -> training.lo
     return model
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernel", "torch"])
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-def test_sparse_path_matches_dense(arch: str) -> None:
-    """The CSR forward/backward gives the dense path's loss and gradients (AuxK included)."""
+def test_sparse_path_matches_dense(arch: str, kernels: bool, monkeypatch) -> None:
+    """The CSR forward/backward gives the dense path's loss and gradients (AuxK included),
+    with the main loss's backward in the compiled CPU kernel and in torch's CSR products."""
+    from saestab.sae import _kernels, _sparse
+
+    assert _kernels.AVAILABLE, "numba is a dependency of the training path"
+    monkeypatch.setattr(_sparse, "USE_KERNELS", kernels)
     x = torch.randn(64, D, generator=torch.Generator().manual_seed(1)) / D**0.5
+    x[:8] *= 0.01  # with b_enc lowered below, these rows' selected pre-activations are < 0
     outs, grads = [], []
     for decode in ("sparse", "dense"):
         model = stacked_model(arch, decode, dead_steps=1)
+        with torch.no_grad():
+            model.b_enc -= 0.3
         model.since_fired[0, ::3] = 5  # seed 0: every third latent dead; seed 1: a few
         model.since_fired[1, :4] = 5
         out = model.training_loss(x, step=10)
@@ -179,6 +188,8 @@ def test_sparse_path_matches_dense(arch: str) -> None:
         grads.append({n: p.grad for n, p in model.named_parameters()})
     (so, do), (sg, dg) = outs, grads
     assert (so.aux > 0).all()
+    if arch == "topk":  # the ReLU clipped some of the k selected values
+        assert ((so.l0 > 1) & (so.l0 < 3)).all()
     assert torch.allclose(so.loss, do.loss, rtol=1e-5)
     assert torch.allclose(so.l0, do.l0) and torch.equal(so.fired, do.fired)
     assert torch.allclose(so.min_kept, do.min_kept)

@@ -5,6 +5,9 @@ autograd functions decode through the active rows and back-propagate into the en
 the selected pre-activations only. Every seed of a stack keeps the same number of active
 entries per step, so values are (S, nnz) and each seed has its own :class:`Pattern`; the seeds
 are processed in a loop inside the functions and their gradients written into stacked tensors.
+
+The main loss's backward runs as one compiled pass per latent on a CPU (:mod:`._kernels`);
+:data:`USE_KERNELS` = False (or no numba) sends it through torch's CSR products instead.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from . import _kernels
+
+USE_KERNELS = True
+"""Use the compiled CPU backward where it applies (tests switch it off to compare)."""
 
 
 def top_indices(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -79,6 +87,10 @@ class Pattern:
         return torch.sparse_csr_tensor(self.crow_t, self.col_t, values[self.order],
                                        (self.shape[1], self.shape[0]))
 
+    def per_entry(self, per_row: torch.Tensor) -> torch.Tensor:
+        """A per-row vector (B,) repeated for each entry of its row, in row-major order."""
+        return torch.repeat_interleave(per_row, self.crow.diff(), output_size=len(self.col))
+
 
 class SparsePre(torch.autograd.Function):
     """Pre-activations at the active positions, ``(xin @ W_enc + b_enc)[row, col]`` per seed,
@@ -88,6 +100,8 @@ class SparsePre(torch.autograd.Function):
     supplies the sparse backward into ``b_dec`` (S, d), ``W_enc`` (S, d, m) and ``b_enc``. The
     input rows ``x`` carry no gradient, so ``b_dec``'s is the batch sum of ``-d xin``, which is
     ``-W_enc @ d b_enc``: one matrix-vector product instead of a (B, d) sparse matmul.
+
+    Used by AuxK; the main loss goes through :class:`SparseCodeError`.
     """
 
     @staticmethod
@@ -102,18 +116,32 @@ class SparsePre(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         xin, w_enc = ctx.saved_tensors
         need_bdec, need_w = ctx.needs_input_grad[1:3]
-        s, d, m = w_enc.shape
-        g_b = torch.zeros(s, m, dtype=g.dtype, device=g.device)
-        # the encoder's gradient as its (m, d) transpose, the product the CSR matmul writes;
-        # returned as a transposed view, the layout the model stores W_enc in
-        g_wt = torch.empty(s, m, d, dtype=w_enc.dtype, device=w_enc.device) if need_w else None
-        for i, p in enumerate(ctx.patterns):
-            g_b[i].index_add_(0, p.col, g[i])
-            if g_wt is not None:
-                torch.addmm(g_wt[i], p.csr_t(g[i]), xin[i], beta=0.0, out=g_wt[i])
+        g_b, g_wt = _encoder_backward(g, xin, w_enc.shape[2], ctx.patterns, need_w)
         g_w = g_wt.transpose(1, 2) if g_wt is not None else None
-        g_bdec = -torch.bmm(w_enc, g_b.unsqueeze(-1)).squeeze(-1) if need_bdec else None
+        g_bdec = _bdec_through_encoder(g_b, w_enc) if need_bdec else None
         return None, g_bdec, g_w, g_b if ctx.needs_input_grad[3] else None, None, None
+
+
+def _encoder_backward(g: torch.Tensor, xin: torch.Tensor, m: int, patterns: Sequence[Pattern],
+                      need_w: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients into ``b_enc`` (S, m) and the encoder's (S, m, d) transpose given the active
+    pre-activations' gradient ``g`` (S, nnz)."""
+    s, _, d = xin.shape
+    g_b = torch.zeros(s, m, dtype=g.dtype, device=g.device)
+    # the encoder's gradient as its (m, d) transpose, the product the CSR matmul writes and the
+    # layout the model stores W_enc in
+    g_wt = torch.empty(s, m, d, dtype=xin.dtype, device=xin.device) if need_w else None
+    for i, p in enumerate(patterns):
+        g_b[i].index_add_(0, p.col, g[i])
+        if g_wt is not None:
+            torch.addmm(g_wt[i], p.csr_t(g[i]), xin[i], beta=0.0, out=g_wt[i])
+    return g_b, g_wt
+
+
+def _bdec_through_encoder(g_benc: torch.Tensor, w_enc: torch.Tensor) -> torch.Tensor:
+    """``b_dec``'s gradient through ``xin = x - b_dec``: ``-W_enc @ g_benc`` (S, d), taken on
+    the stored (S, m, d) transpose, whose rows are contiguous."""
+    return -torch.bmm(g_benc.unsqueeze(1), w_enc.transpose(1, 2)).squeeze(1)
 
 
 def _decode(vals: torch.Tensor, w_dec: torch.Tensor, patterns: Sequence[Pattern],
@@ -129,18 +157,24 @@ def _decode(vals: torch.Tensor, w_dec: torch.Tensor, patterns: Sequence[Pattern]
 
 
 def _decode_backward(vals: torch.Tensor, w_dec: torch.Tensor, g: torch.Tensor,
-                     patterns: Sequence[Pattern], need_v: bool,
-                     need_w: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                     patterns: Sequence[Pattern], need_v: bool, need_w: bool,
+                     row_scale: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients of ``f @ W_dec`` into the active values (S, nnz) and ``W_dec`` given the
-    output's gradient ``g`` (S, B, d)."""
+    output's gradient ``g`` (S, B, d), or ``row_scale[:, :, None] * g`` if ``row_scale`` (S, B)
+    is given: the scale then goes onto the nnz entries, not onto a (B, d) copy of ``g``."""
     g_v = torch.empty_like(vals) if need_v else None
     g_w = torch.empty_like(w_dec) if need_w else None
     for i, p in enumerate(patterns):
+        scale = p.per_entry(row_scale[i]) if row_scale is not None else None
         if g_v is not None:
             g_v[i] = torch.sparse.sampled_addmm(p.csr(vals[i]), g[i], w_dec[i].T,
                                                 beta=0.0).values()
+            if scale is not None:
+                g_v[i] *= scale
         if g_w is not None:  # (m, d), W_dec's own layout: written in place
-            torch.addmm(g_w[i], p.csr_t(vals[i]), g[i], beta=0.0, out=g_w[i])
+            v = vals[i] if scale is None else vals[i] * scale
+            torch.addmm(g_w[i], p.csr_t(v), g[i], beta=0.0, out=g_w[i])
     return g_v, g_w
 
 
@@ -161,33 +195,65 @@ class SparseDecode(torch.autograd.Function):
                 None)
 
 
-class SparseDecodeError(torch.autograd.Function):
-    """Per-token squared error ``||f @ W_dec + b_dec - x||^2`` (S, B) of the sparse codes, from
-    ``xin = x - b_dec``, with the residual ``r = x_hat - x`` (S, B, d) as a second,
-    non-differentiable output.
+class SparseCodeError(torch.autograd.Function):
+    """The TopK family's main loss in one node: the ReLU of the active pre-activations
+    ``values`` (S, nnz), their CSR decode and the per-token squared error
+    ``||f @ W_dec + b_dec - x||^2`` (S, B), from ``xin = x - b_dec``. Outputs the error and,
+    not differentiable, the residual ``r = x_hat - x`` (S, B, d) and the ReLU'd values.
 
-    One autograd node for decode and loss: the backward forms ``2 g r`` once and sends it
-    through the same CSR products as :class:`SparseDecode`; ``b_dec``'s gradient through
-    ``x_hat`` is its batch sum (its gradient through the encoder comes from
-    :class:`SparsePre`)."""
+    Backward into ``W_enc``, ``b_enc``, ``W_dec`` and ``b_dec`` (``values`` are computed
+    without gradient by the caller: they were needed to choose the positions). On a CPU it is
+    one compiled pass over each latent's entries (:func:`._kernels.code_error_backward`);
+    otherwise torch's CSR products, each token's ``2 g`` applied to the nnz values rather than
+    to a (B, d) copy of ``r``. ``b_dec``'s gradient is ``sum_b 2 g_b r_b`` through ``x_hat``
+    less ``W_enc @ g_benc`` through ``xin``."""
 
     @staticmethod
-    def forward(ctx: Any, vals: torch.Tensor, w_dec: torch.Tensor, b_dec: torch.Tensor,
-                xin: torch.Tensor, patterns: Sequence[Pattern]) -> tuple[torch.Tensor, ...]:
+    def forward(ctx: Any, values: torch.Tensor, xin: torch.Tensor, b_dec: torch.Tensor,
+                w_enc: torch.Tensor, b_enc: torch.Tensor, w_dec: torch.Tensor,
+                patterns: Sequence[Pattern]) -> tuple[torch.Tensor, ...]:
+        vals = torch.relu(values)
         r = _decode(vals, w_dec, patterns, minus=xin)
-        ctx.save_for_backward(vals, w_dec, r)
+        ctx.save_for_backward(vals, xin, w_enc, w_dec, r)
         ctx.patterns = patterns
-        ctx.mark_non_differentiable(r)
-        ctx.set_materialize_grads(False)  # no zero-filled gradient for r
-        return torch.einsum("sbd,sbd->sb", r, r), r
+        ctx.mark_non_differentiable(r, vals)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for r and vals
+        return torch.einsum("sbd,sbd->sb", r, r), r, vals
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor, _: Any) -> tuple[Any, ...]:
-        vals, w_dec, r = ctx.saved_tensors
-        need_v, need_w, need_b = ctx.needs_input_grad[:3]
-        gr = r * (2.0 * g).unsqueeze(-1)
-        g_v, g_w = _decode_backward(vals, w_dec, gr, ctx.patterns, need_v, need_w)
-        return g_v, g_w, gr.sum(1) if need_b else None, None, None
+    def backward(ctx: Any, g: torch.Tensor, *_: Any) -> tuple[Any, ...]:
+        vals, xin, w_enc, w_dec, r = ctx.saved_tensors
+        patterns = ctx.patterns
+        g2 = 2.0 * g
+        if _use_kernels(vals, xin, w_dec, r):
+            s, m, d = w_dec.shape
+            g_wd = torch.empty_like(w_dec)
+            g_wt = torch.empty(s, m, d, dtype=xin.dtype)
+            g_be = torch.empty(s, m, dtype=vals.dtype)
+            _kernels.set_threads(torch.get_num_threads())
+            for i, p in enumerate(patterns):
+                _kernels.code_error_backward(
+                    p.crow_t.numpy(), p.col_t.numpy(), p.order.numpy(), vals[i].numpy(),
+                    w_dec[i].detach().numpy(), r[i].numpy(), g2[i].contiguous().numpy(),
+                    xin[i].numpy(), g_wd[i].numpy(), g_wt[i].numpy(), g_be[i].numpy())
+        else:
+            g_v, g_wd = _decode_backward(vals, w_dec, r, patterns, True, True, row_scale=g2)
+            assert g_v is not None
+            g_be, g_wt = _encoder_backward(g_v * (vals > 0), xin, w_dec.shape[1], patterns,
+                                           True)
+            assert g_wt is not None
+        need = ctx.needs_input_grad
+        g_bdec = (torch.bmm(g2.unsqueeze(1), r).squeeze(1) + _bdec_through_encoder(g_be, w_enc)
+                  if need[2] else None)
+        return (None, None, g_bdec, g_wt.transpose(1, 2) if need[3] else None,
+                g_be if need[4] else None, g_wd if need[5] else None, None)
+
+
+def _use_kernels(*tensors: torch.Tensor) -> bool:
+    return (USE_KERNELS and _kernels.AVAILABLE
+            and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+            and tensors[0].dtype in (torch.float32, torch.float64)
+            and len({t.dtype for t in tensors}) == 1)
 
 
 def sparse_code(xin: torch.Tensor, b_dec: torch.Tensor, w_enc: torch.Tensor,
@@ -208,12 +274,13 @@ def sparse_decode(vals: torch.Tensor, w_dec: torch.Tensor,
         return SparseDecode.apply(vals, w_dec, patterns)
 
 
-def sparse_squared_error(vals: torch.Tensor, w_dec: torch.Tensor, b_dec: torch.Tensor,
-                         xin: torch.Tensor,
-                         patterns: Sequence[Pattern]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(err, r)``: the per-token squared error (S, B) of ``x_hat = f @ W_dec + b_dec``
-    against ``x = xin + b_dec``, differentiable into ``vals``, ``W_dec`` and ``b_dec``, and
-    the detached residual ``r = x_hat - x`` (S, B, d)."""
+def sparse_code_error(values: torch.Tensor, xin: torch.Tensor, b_dec: torch.Tensor,
+                      w_enc: torch.Tensor, b_enc: torch.Tensor, w_dec: torch.Tensor,
+                      patterns: Sequence[Pattern]) -> tuple[torch.Tensor, ...]:
+    """``(err, r, f)``: the per-token squared error (S, B) of the sparse code whose active
+    pre-activations are ``values`` (S, nnz), differentiable into the encoder, decoder and both
+    biases; the detached residual ``r = x_hat - x`` (S, B, d); the detached ReLU'd values
+    (S, nnz). ``xin`` is ``x - b_dec`` (S, B, d), computed without gradient by the caller."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return SparseDecodeError.apply(vals, w_dec, b_dec, xin, patterns)
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return SparseCodeError.apply(values, xin, b_dec, w_enc, b_enc, w_dec, patterns)

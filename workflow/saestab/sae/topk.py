@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._sparse import Pattern, sparse_code, sparse_decode, sparse_squared_error, top_indices
+from ._sparse import Pattern, sparse_code, sparse_code_error, sparse_decode, top_indices
 from .architecture import Architecture, StepOut, register
 
 if TYPE_CHECKING:
@@ -103,14 +103,14 @@ class TopKFamily(Architecture):
             xin = x.unsqueeze(0) - self.b_dec.unsqueeze(1)
             pre = torch.baddbmm(self.b_enc.unsqueeze(1), xin, self.W_enc)
             patterns, values = self.sparse_select(pre)
-        vals = sparse_code(xin, self.b_dec, self.W_enc, self.b_enc, values, patterns)
-        err, r = sparse_squared_error(vals, self.W_dec, self.b_dec, xin, patterns)
-        active = vals.detach() > 0
+        err, r, vals = sparse_code_error(values, xin, self.b_dec, self.W_enc, self.b_enc,
+                                         self.W_dec, patterns)
+        active = vals > 0
         fired = torch.zeros(self.since_fired.shape, dtype=vals.dtype, device=vals.device)
         for i, p in enumerate(patterns):
             fired[i].index_add_(0, p.col, active[i].to(vals.dtype))
         fired = fired > 0
-        min_kept = torch.where(active, vals.detach(), torch.inf).amin(1).double()
+        min_kept = torch.where(active, vals, torch.inf).amin(1).double()
         return _Code(pre=pre, x_hat=None, main=err.mean(-1), sse=err.detach().sum(-1),
                      fired=fired, min_kept=min_kept,
                      l0=active.sum(1).to(x.dtype) / x.shape[0], xin=xin, r=r)

@@ -1,0 +1,98 @@
+"""Compiled CPU kernels (numba) for the sparse TopK-family training step.
+
+Only where torch has no fused equivalent: in torch, the backward of the main reconstruction loss
+reads every active entry's residual row once per product (a sampled matmul for the values'
+gradient, one CSR matmul each for ``W_dec`` and ``W_enc``, each a pass over memory); the kernel
+here visits each latent's entries once and does all three while the latent's own rows stay in
+L1.
+
+Each latent's outputs are written by one thread in a fixed order, so results do not depend on
+the number of threads. Without numba, :data:`AVAILABLE` is False and callers use torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency; this is for foreign envs
+    numba = None
+
+AVAILABLE = numba is not None
+
+
+def set_threads(n: int) -> None:
+    """Run the kernels on ``n`` threads (at most what numba started with)."""
+    if numba is not None:
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _code_error_backward(crow_t: np.ndarray, rows_t: np.ndarray, order: np.ndarray,
+                         vals: np.ndarray, w_dec: np.ndarray, r: np.ndarray,
+                         row_scale: np.ndarray, xin: np.ndarray, g_wdec: np.ndarray,
+                         g_wenc_t: np.ndarray, g_benc: np.ndarray) -> None:  # pragma: no cover
+    """Backward of ``err_b = ||sum_j relu(pre_bj) W_dec[j] - xin_b||^2`` (``r_b`` the residual)
+    for one seed, given ``row_scale_b = 2 dL/d err_b``. Per latent ``j``, over its entries
+    ``(b, p)`` in transposed CSR order (``crow_t``, rows ``rows_t``, row-major positions
+    ``order``), where the ReLU passed (``vals[p] > 0``):
+
+    - ``g_pre = row_scale_b <W_dec[j], r_b>`` (the pre-activation's gradient);
+    - ``g_wdec[j] += vals[p] row_scale_b r_b``;
+    - ``g_wenc_t[j] += g_pre xin_b`` and ``g_benc[j] += g_pre``.
+    """
+    m, d = w_dec.shape
+    zero = np.zeros(1, w_dec.dtype)[0]  # dot products accumulate in the weights' dtype
+    for j in numba.prange(m):
+        gwd = g_wdec[j]
+        gwe = g_wenc_t[j]
+        wj = w_dec[j]
+        gwd[:] = 0.0
+        gwe[:] = 0.0
+        gb = 0.0
+        for q in range(crow_t[j], crow_t[j + 1]):
+            p = order[q]
+            v = vals[p]
+            if v > 0.0:
+                b = rows_t[q]
+                rb = r[b]
+                xb = xin[b]
+                sc = row_scale[b]
+                s = zero
+                for t in range(d):
+                    s += wj[t] * rb[t]
+                gpre = s * sc
+                vs = v * sc
+                for t in range(d):
+                    gwd[t] += vs * rb[t]
+                    gwe[t] += gpre * xb[t]
+                gb += gpre
+        g_benc[j] = gb
+
+
+_compiled: dict[str, Any] = {}
+
+
+def _compile(py_func: Any) -> Any:
+    """``py_func`` as a parallel numba function, its machine code cached on disk (next to this
+    file, or in numba's user cache directory) where any location is writable."""
+    opts = {"parallel": True, "fastmath": True, "boundscheck": False}
+    try:
+        return numba.njit(cache=True, **opts)(py_func)
+    except RuntimeError as e:  # "cannot cache function ...: no locator available"
+        log.info("numba cannot cache %s here (%s); compiling it in each process",
+                 py_func.__name__, e)
+        return numba.njit(**opts)(py_func)
+
+
+def code_error_backward(*arrays: np.ndarray) -> None:
+    """:func:`_code_error_backward`, compiled on first use."""
+    fn = _compiled.get("code_error_backward")
+    if fn is None:
+        fn = _compiled["code_error_backward"] = _compile(_code_error_backward)
+    fn(*arrays)
