@@ -75,8 +75,8 @@ def test_readme_table_comes_from_the_summary(tmp_path: Path) -> None:
     gallery.update_readme(readme, gallery.readme_compute({"compute": compute}),
                           gallery.COMPUTE_BEGIN, gallery.COMPUTE_END)
     text = readme.read_text()
-    assert "old" not in text and "1,234 s over 3 benchmarked jobs (train_saes 1,000 s, " \
-        "masking 234 s)" in text
+    assert "old" not in text and "1,234 s of job time over 3 benchmarked jobs (train_saes " \
+        "1,000 s, masking 234 s)" in text
     assert gallery.readme_compute({"rows": []}).startswith("No benchmark records")
     bare = tmp_path / "bare.md"
     bare.write_text("no markers")

@@ -25,6 +25,7 @@ from PIL import Image
 
 from . import io
 from .figures import README_WIDTH_PX
+from .summary import compute_line
 
 # (figure under results/figures, caption) in the order the README shows them
 MAIN_FIGURES: tuple[tuple[str, str], ...] = (
@@ -104,11 +105,9 @@ def readme_compute(summary: dict) -> str:
     c = summary.get("compute") or {}
     if not c.get("per_rule_seconds"):
         return "No benchmark records in this run's summary."
-    parts = ", ".join(f"{rule} {sec:,.0f} s" for rule, sec in c["per_rule_seconds"].items())
-    return (f"Job time of the run the results above come from: {c['total_seconds']:,.0f} s over "
-            f"{c['n_jobs']} benchmarked jobs ({parts}), summed from its `benchmarks/` records; "
-            "jobs that run side by side (`parallel_jobs`) make the wall time shorter than the "
-            "sum.")
+    return (f"The run the results above come from took {compute_line(c)}, summed from its "
+            "`benchmarks/` records; jobs that run side by side (`parallel_jobs`) make the wall "
+            "time shorter than the sum.")
 
 
 def update_readme(readme: Path, table: str, begin: str = BEGIN, end: str = END) -> None:

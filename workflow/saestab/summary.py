@@ -759,6 +759,14 @@ def data_splits(study: Study) -> dict[str, Any]:
     return out
 
 
+def compute_line(compute: dict[str, Any]) -> str:
+    """``"T s of job time over N benchmarked jobs (rule s, ...)"`` from a summary's
+    ``compute`` record (the README's line says the same)."""
+    parts = ", ".join(f"{rule} {sec:,.0f} s" for rule, sec in compute["per_rule_seconds"].items())
+    return (f"{compute['total_seconds']:,.0f} s of job time over {compute['n_jobs']} benchmarked "
+            f"jobs ({parts})")
+
+
 def to_markdown(rows: Sequence[Row], title: str = "Summary of the study",
                 data: Mapping[str, Any] | None = None,
                 compute: Mapping[str, Any] | None = None) -> str:
@@ -779,11 +787,8 @@ def to_markdown(rows: Sequence[Row], title: str = "Summary of the study",
         f"{v.get('n_documents_used')} documents" for split, v in splits.items())
         for model, splits in (data or {}).items()]
     if compute:
-        parts = ", ".join(f"{rule} {sec:,.0f} s" for rule, sec in
-                          compute["per_rule_seconds"].items())
-        lines[2:2] = [f"Compute: {compute['total_seconds']:,.0f} s of job time over "
-                      f"{compute['n_jobs']} benchmarked jobs ({parts}); from `benchmarks/`, this "
-                      "run's machine.", ""]
+        lines[2:2] = [f"Compute: {compute_line(compute)}; from `benchmarks/`, this run's "
+                      "machine.", ""]
     if data_lines:
         lines[2:2] = ["Data:", *data_lines, ""]
     for r in rows:
