@@ -209,6 +209,23 @@ def test_top_indices_are_the_k_largest_in_column_order(dtype: torch.dtype) -> No
         assert torch.equal(idx, x.topk(k, dim=-1).indices.sort(dim=-1).values), k
 
 
+def test_auxk_picks_the_largest_dead_latents() -> None:
+    """AuxK's selection among the dead columns equals a top-k over all columns with the live
+    ones at -inf: the same dead latents; where fewer than k are dead, all of them plus padding."""
+    from saestab.sae.topk import _dead_top
+
+    g = torch.Generator().manual_seed(3)
+    pre = torch.randn(64, 40, generator=g)
+    for n_dead, k in ((12, 5), (5, 5), (3, 5)):
+        dead = torch.zeros(40, dtype=torch.bool)
+        dead[torch.randperm(40, generator=g)[:n_dead]] = True
+        idx = _dead_top(pre, dead, k)
+        assert idx.shape == (64, k) and bool((idx.diff(dim=1) > 0).all())
+        ref = torch.where(dead, pre, -torch.inf).topk(min(k, n_dead), dim=1).indices
+        chosen = [set(r) & set(torch.nonzero(dead).squeeze(1).tolist()) for r in idx.tolist()]
+        assert chosen == [set(r) for r in ref.tolist()], (n_dead, k)
+
+
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 def test_sparse_and_dense_train_the_same_models(caches, arch: str) -> None:
     kw = {"architecture": arch, "n_epochs": None, "n_tokens": 12 * 128, "dead_steps": 4}

@@ -92,36 +92,6 @@ class Pattern:
         return torch.repeat_interleave(per_row, self.crow.diff(), output_size=len(self.col))
 
 
-class SparsePre(torch.autograd.Function):
-    """Pre-activations at the active positions, ``(xin @ W_enc + b_enc)[row, col]`` per seed,
-    where ``xin = x - b_dec``.
-
-    The values are computed outside (they were needed to choose the positions); this function
-    supplies the sparse backward into ``b_dec`` (S, d), ``W_enc`` (S, d, m) and ``b_enc``. The
-    input rows ``x`` carry no gradient, so ``b_dec``'s is the batch sum of ``-d xin``, which is
-    ``-W_enc @ d b_enc``: one matrix-vector product instead of a (B, d) sparse matmul.
-
-    Used by AuxK; the main loss goes through :class:`SparseCodeError`.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, xin: torch.Tensor, b_dec: torch.Tensor, w_enc: torch.Tensor,
-                b_enc: torch.Tensor, values: torch.Tensor,
-                patterns: Sequence[Pattern]) -> torch.Tensor:
-        ctx.save_for_backward(xin, w_enc)
-        ctx.patterns = patterns
-        return values.clone()
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
-        xin, w_enc = ctx.saved_tensors
-        need_bdec, need_w = ctx.needs_input_grad[1:3]
-        g_b, g_wt = _encoder_backward(g, xin, w_enc.shape[2], ctx.patterns, need_w)
-        g_w = g_wt.transpose(1, 2) if g_wt is not None else None
-        g_bdec = _bdec_through_encoder(g_b, w_enc) if need_bdec else None
-        return None, g_bdec, g_w, g_b if ctx.needs_input_grad[3] else None, None, None
-
-
 def _encoder_backward(g: torch.Tensor, xin: torch.Tensor, m: int, patterns: Sequence[Pattern],
                       need_w: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gradients into ``b_enc`` (S, m) and the encoder's (S, m, d) transpose given the active
@@ -178,44 +148,31 @@ def _decode_backward(vals: torch.Tensor, w_dec: torch.Tensor, g: torch.Tensor,
     return g_v, g_w
 
 
-class SparseDecode(torch.autograd.Function):
-    """``f @ W_dec`` per seed for codes with values ``vals`` (S, nnz) at the patterns."""
-
-    @staticmethod
-    def forward(ctx: Any, vals: torch.Tensor, w_dec: torch.Tensor,
-                patterns: Sequence[Pattern]) -> torch.Tensor:
-        ctx.save_for_backward(vals, w_dec)
-        ctx.patterns = patterns
-        return _decode(vals, w_dec, patterns)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
-        vals, w_dec = ctx.saved_tensors
-        return (*_decode_backward(vals, w_dec, g, ctx.patterns, *ctx.needs_input_grad[:2]),
-                None)
-
-
 class SparseCodeError(torch.autograd.Function):
-    """The TopK family's main loss in one node: the ReLU of the active pre-activations
-    ``values`` (S, nnz), their CSR decode and the per-token squared error
-    ``||f @ W_dec + b_dec - x||^2`` (S, B), from ``xin = x - b_dec``. Outputs the error and,
-    not differentiable, the residual ``r = x_hat - x`` (S, B, d) and the ReLU'd values.
+    """A TopK-family reconstruction loss in one node: the ReLU of the active pre-activations
+    ``values`` (S, nnz), their CSR decode ``f @ W_dec`` and its per-token squared error against
+    ``target`` (S, B, d). Outputs the error (S, B) and, not differentiable, the residual
+    ``r = f @ W_dec - target`` (S, B, d) and the ReLU'd values.
 
-    Backward into ``W_enc``, ``b_enc``, ``W_dec`` and ``b_dec`` (``values`` are computed
-    without gradient by the caller: they were needed to choose the positions). On a CPU it is
-    one compiled pass over each latent's entries (:func:`._kernels.code_error_backward`);
-    otherwise torch's CSR products, each token's ``2 g`` applied to the nnz values rather than
-    to a (B, d) copy of ``r``. ``b_dec``'s gradient is ``sum_b 2 g_b r_b`` through ``x_hat``
-    less ``W_enc @ g_benc`` through ``xin``."""
+    The main loss has ``target = xin = x - b_dec`` (so ``r = x_hat - x``, and ``b_dec`` is part
+    of ``x_hat``); AuxK decodes without ``b_dec`` against the main loss's residual. Backward
+    into ``W_enc``, ``b_enc``, ``W_dec`` and ``b_dec`` (``values`` are computed without gradient
+    by the caller: they were needed to choose the positions). On a CPU it is one compiled pass
+    over each latent's entries (:func:`._kernels.code_error_backward`); otherwise torch's CSR
+    products, each token's ``2 g`` applied to the nnz values rather than to a (B, d) copy of
+    ``r``. ``b_dec``'s gradient is ``-W_enc @ g_benc`` through ``xin``, plus ``sum_b 2 g_b r_b``
+    where ``b_dec`` is part of the decode (``bdec_in_decode``)."""
 
     @staticmethod
-    def forward(ctx: Any, values: torch.Tensor, xin: torch.Tensor, b_dec: torch.Tensor,
-                w_enc: torch.Tensor, b_enc: torch.Tensor, w_dec: torch.Tensor,
-                patterns: Sequence[Pattern]) -> tuple[torch.Tensor, ...]:
+    def forward(ctx: Any, values: torch.Tensor, xin: torch.Tensor, target: torch.Tensor,
+                b_dec: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor,
+                w_dec: torch.Tensor, patterns: Sequence[Pattern],
+                bdec_in_decode: bool) -> tuple[torch.Tensor, ...]:
         vals = torch.relu(values)
-        r = _decode(vals, w_dec, patterns, minus=xin)
+        r = _decode(vals, w_dec, patterns, minus=target)
         ctx.save_for_backward(vals, xin, w_enc, w_dec, r)
         ctx.patterns = patterns
+        ctx.bdec_in_decode = bdec_in_decode
         ctx.mark_non_differentiable(r, vals)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for r and vals
         # ||r||^2 per token; einsum here ran S*B (1, d) x (d, 1) matmuls, 12x slower at S = 6
@@ -244,10 +201,13 @@ class SparseCodeError(torch.autograd.Function):
                                            True)
             assert g_wt is not None
         need = ctx.needs_input_grad
-        g_bdec = (torch.bmm(g2.unsqueeze(1), r).squeeze(1) + _bdec_through_encoder(g_be, w_enc)
-                  if need[2] else None)
-        return (None, None, g_bdec, g_wt.transpose(1, 2) if need[3] else None,
-                g_be if need[4] else None, g_wd if need[5] else None, None)
+        g_bdec = None
+        if need[3]:
+            g_bdec = _bdec_through_encoder(g_be, w_enc)
+            if ctx.bdec_in_decode:
+                g_bdec += torch.bmm(g2.unsqueeze(1), r).squeeze(1)
+        return (None, None, None, g_bdec, g_wt.transpose(1, 2) if need[4] else None,
+                g_be if need[5] else None, g_wd if need[6] else None, None, None)
 
 
 def _use_kernels(*tensors: torch.Tensor) -> bool:
@@ -257,31 +217,20 @@ def _use_kernels(*tensors: torch.Tensor) -> bool:
             and len({t.dtype for t in tensors}) == 1)
 
 
-def sparse_code(xin: torch.Tensor, b_dec: torch.Tensor, w_enc: torch.Tensor,
-                b_enc: torch.Tensor, values: torch.Tensor,
-                patterns: Sequence[Pattern]) -> torch.Tensor:
-    """ReLU'd active values (S, nnz), differentiable into the encoder and ``b_dec``; ``xin`` is
-    ``x - b_dec`` (S, B, d), computed without gradient by the caller."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return torch.relu(SparsePre.apply(xin, b_dec, w_enc, b_enc, values, patterns))
-
-
-def sparse_decode(vals: torch.Tensor, w_dec: torch.Tensor,
-                  patterns: Sequence[Pattern]) -> torch.Tensor:
-    """``f @ W_dec`` (S, B, d) of the sparse codes, differentiable into both."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return SparseDecode.apply(vals, w_dec, patterns)
-
-
 def sparse_code_error(values: torch.Tensor, xin: torch.Tensor, b_dec: torch.Tensor,
                       w_enc: torch.Tensor, b_enc: torch.Tensor, w_dec: torch.Tensor,
-                      patterns: Sequence[Pattern]) -> tuple[torch.Tensor, ...]:
+                      patterns: Sequence[Pattern],
+                      target: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """``(err, r, f)``: the per-token squared error (S, B) of the sparse code whose active
-    pre-activations are ``values`` (S, nnz), differentiable into the encoder, decoder and both
-    biases; the detached residual ``r = x_hat - x`` (S, B, d); the detached ReLU'd values
-    (S, nnz). ``xin`` is ``x - b_dec`` (S, B, d), computed without gradient by the caller."""
+    pre-activations are ``values`` (S, nnz), differentiable into the encoder, decoder and
+    ``b_dec``; the detached residual ``r`` (S, B, d); the detached ReLU'd values (S, nnz).
+    ``xin`` is the encoder's input ``x - b_dec`` (S, B, d), computed without gradient by the
+    caller. Without ``target``, the code's reconstruction ``f @ W_dec + b_dec`` is compared with
+    ``x`` (``r = x_hat - x``); with it, ``f @ W_dec`` alone is compared with ``target``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return SparseCodeError.apply(values, xin, b_dec, w_enc, b_enc, w_dec, patterns)
+        if target is None:
+            return SparseCodeError.apply(values, xin, xin, b_dec, w_enc, b_enc, w_dec, patterns,
+                                         True)
+        return SparseCodeError.apply(values, xin, target, b_dec, w_enc, b_enc, w_dec, patterns,
+                                     False)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._sparse import Pattern, sparse_code, sparse_code_error, sparse_decode, top_indices
+from ._sparse import Pattern, sparse_code_error, top_indices
 from .architecture import Architecture, StepOut, register
 
 if TYPE_CHECKING:
@@ -121,21 +121,37 @@ class TopKFamily(Architecture):
         n_dead = dead.sum(1)
         k_aux = int(min(self.cfg.aux_k, int(n_dead.max())))  # type: ignore[call-overload]
         with torch.no_grad():
-            masked = torch.where(dead.unsqueeze(1), pre, -torch.inf)
-            idx = top_indices(masked, k_aux)  # in column order, as CSR rows need
+            idx = torch.stack([_dead_top(pre[i], dead[i], k_aux) for i in range(len(pre))])
             keep = dead.unsqueeze(1).expand_as(pre).gather(-1, idx).to(pre.dtype)
         if code.xin is not None:  # sparse path
             patterns = [Pattern.from_row_indices(idx[i], pre.shape[2])
                         for i in range(pre.shape[0])]
-            values = pre.gather(-1, idx).flatten(1)
-            vals = sparse_code(code.xin, self.b_dec, self.W_enc, self.b_enc, values, patterns)
-            e_hat = sparse_decode(vals * keep.flatten(1), self.W_dec, patterns)
+            # entries of latents that are not dead get value 0: the ReLU drops them
+            values = (pre.gather(-1, idx) * keep).flatten(1)
+            err, _, _ = sparse_code_error(values, code.xin, self.b_dec, self.W_enc, self.b_enc,
+                                          self.W_dec, patterns, target=resid)
+            num = err.sum(1)
         else:
             vals = torch.relu(pre.gather(-1, idx)) * keep
             e_hat = torch.bmm(torch.zeros_like(pre).scatter(-1, idx, vals), self.W_dec)
-        num = (e_hat - resid).pow(2).sum((1, 2))
+            num = (e_hat - resid).pow(2).sum((1, 2))
         den = resid.pow(2).sum((1, 2)).clamp_min(1e-12)
         return (num / den) * (n_dead > 0).to(pre.dtype)
+
+
+def _dead_top(pre: torch.Tensor, dead: torch.Tensor, k: int) -> torch.Tensor:
+    """AuxK's ``k`` latents of each row of one seed's pre-activations (B, m), in column order:
+    the ``k`` largest among the ``dead`` ones; where fewer than ``k`` are dead, all of them for
+    every row, padded with live latents (which the caller masks out).
+
+    Selects among the dead columns only: a top-k over all columns with the live ones set to
+    -inf made numpy's introselect crawl through the ties (~40 ms a call at 6 x 512 rows)."""
+    cols = torch.nonzero(dead).squeeze(1)
+    b = pre.shape[0]
+    if len(cols) <= k:
+        pad = torch.nonzero(~dead).squeeze(1)[:k - len(cols)]
+        return torch.cat([cols, pad]).sort().values.expand(b, k)
+    return cols[top_indices(pre[:, cols], k)]  # cols is sorted, so rows stay in column order
 
 
 @register
