@@ -175,7 +175,7 @@ class SparseCodeError(torch.autograd.Function):
         ctx.bdec_in_decode = bdec_in_decode
         ctx.mark_non_differentiable(r, vals)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for r and vals
-        # ||r||^2 per token; einsum here ran S*B (1, d) x (d, 1) matmuls, 12x slower at S = 6
+        # ||r||^2 per token; einsum here runs S*B (1, d) x (d, 1) matmuls, slow for S > 1
         return torch.linalg.vector_norm(r, dim=-1).square_(), r, vals
 
     @staticmethod

@@ -242,7 +242,7 @@ class Architecture(torch.nn.Module):
         row, so the step moves rows along the sphere rather than changing their norm."""
         g = self.W_dec.grad
         if self.unit_norm_decoder and g is not None:
-            # vecdot, not einsum: einsum runs S*m (1, d) x (d, 1) matmuls, 4x slower at S = 6
+            # vecdot, not einsum: einsum runs S*m (1, d) x (d, 1) matmuls, slow for S > 1
             along = torch.linalg.vecdot(g, self.W_dec).unsqueeze(-1)
             g.addcmul_(along, self.W_dec, value=-1.0)
 

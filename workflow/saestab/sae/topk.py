@@ -145,7 +145,7 @@ def _dead_top(pre: torch.Tensor, dead: torch.Tensor, k: int) -> torch.Tensor:
     every row, padded with live latents (which the caller masks out).
 
     Selects among the dead columns only: a top-k over all columns with the live ones set to
-    -inf made numpy's introselect crawl through the ties (~40 ms a call at 6 x 512 rows)."""
+    -inf sends numpy's introselect through the ties, which doubled a training step."""
     cols = torch.nonzero(dead).squeeze(1)
     b = pre.shape[0]
     if len(cols) <= k:
