@@ -12,6 +12,7 @@ the number of threads. Without numba, :data:`AVAILABLE` is False and callers use
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -75,9 +76,7 @@ def _code_error_backward(crow_t: np.ndarray, rows_t: np.ndarray, order: np.ndarr
         g_benc[j] = gb
 
 
-_compiled: dict[str, Any] = {}
-
-
+@functools.cache
 def _compile(py_func: Any) -> Any:
     """``py_func`` as a parallel numba function, its machine code cached on disk (next to this
     file, or in numba's user cache directory) where any location is writable."""
@@ -92,7 +91,4 @@ def _compile(py_func: Any) -> Any:
 
 def code_error_backward(*arrays: np.ndarray) -> None:
     """:func:`_code_error_backward`, compiled on first use."""
-    fn = _compiled.get("code_error_backward")
-    if fn is None:
-        fn = _compiled["code_error_backward"] = _compile(_code_error_backward)
-    fn(*arrays)
+    _compile(_code_error_backward)(*arrays)

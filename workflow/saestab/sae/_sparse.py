@@ -92,19 +92,18 @@ class Pattern:
         return torch.repeat_interleave(per_row, self.crow.diff(), output_size=len(self.col))
 
 
-def _encoder_backward(g: torch.Tensor, xin: torch.Tensor, m: int, patterns: Sequence[Pattern],
-                      need_w: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _encoder_backward(g: torch.Tensor, xin: torch.Tensor, m: int,
+                      patterns: Sequence[Pattern]) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients into ``b_enc`` (S, m) and the encoder's (S, m, d) transpose given the active
     pre-activations' gradient ``g`` (S, nnz)."""
     s, _, d = xin.shape
     g_b = torch.zeros(s, m, dtype=g.dtype, device=g.device)
     # the encoder's gradient as its (m, d) transpose, the product the CSR matmul writes and the
     # layout the model stores W_enc in
-    g_wt = torch.empty(s, m, d, dtype=xin.dtype, device=xin.device) if need_w else None
+    g_wt = torch.empty(s, m, d, dtype=xin.dtype, device=xin.device)
     for i, p in enumerate(patterns):
         g_b[i].index_add_(0, p.col, g[i])
-        if g_wt is not None:
-            torch.addmm(g_wt[i], p.csr_t(g[i]), xin[i], beta=0.0, out=g_wt[i])
+        torch.addmm(g_wt[i], p.csr_t(g[i]), xin[i], beta=0.0, out=g_wt[i])
     return g_b, g_wt
 
 
@@ -114,37 +113,29 @@ def _bdec_through_encoder(g_benc: torch.Tensor, w_enc: torch.Tensor) -> torch.Te
     return -torch.bmm(g_benc.unsqueeze(1), w_enc.transpose(1, 2)).squeeze(1)
 
 
-def _decode(vals: torch.Tensor, w_dec: torch.Tensor, patterns: Sequence[Pattern],
-            minus: torch.Tensor | None = None) -> torch.Tensor:
-    """``f @ W_dec`` per seed (S, B, d), less ``minus`` (S, B, d) if given."""
-    out = w_dec.new_empty(len(patterns), patterns[0].shape[0], w_dec.shape[2])
+def _decode_minus(vals: torch.Tensor, w_dec: torch.Tensor, patterns: Sequence[Pattern],
+                  minus: torch.Tensor) -> torch.Tensor:
+    """``f @ W_dec - minus`` per seed (S, B, d)."""
+    out = torch.empty_like(minus)
     for i, p in enumerate(patterns):
-        if minus is None:
-            torch.addmm(out[i], p.csr(vals[i]), w_dec[i], beta=0.0, out=out[i])
-        else:
-            torch.addmm(minus[i], p.csr(vals[i]), w_dec[i], beta=-1.0, out=out[i])
+        torch.addmm(minus[i], p.csr(vals[i]), w_dec[i], beta=-1.0, out=out[i])
     return out
 
 
 def _decode_backward(vals: torch.Tensor, w_dec: torch.Tensor, g: torch.Tensor,
-                     patterns: Sequence[Pattern], need_v: bool, need_w: bool,
-                     row_scale: torch.Tensor | None = None,
-                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                     patterns: Sequence[Pattern],
+                     row_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of ``f @ W_dec`` into the active values (S, nnz) and ``W_dec`` given the
-    output's gradient ``g`` (S, B, d), or ``row_scale[:, :, None] * g`` if ``row_scale`` (S, B)
-    is given: the scale then goes onto the nnz entries, not onto a (B, d) copy of ``g``."""
-    g_v = torch.empty_like(vals) if need_v else None
-    g_w = torch.empty_like(w_dec) if need_w else None
+    output's gradient ``row_scale[:, :, None] * g`` (S, B, d): the scale goes onto the nnz
+    entries, not onto a (B, d) copy of ``g``."""
+    g_v = torch.empty_like(vals)
+    g_w = torch.empty_like(w_dec)
     for i, p in enumerate(patterns):
-        scale = p.per_entry(row_scale[i]) if row_scale is not None else None
-        if g_v is not None:
-            g_v[i] = torch.sparse.sampled_addmm(p.csr(vals[i]), g[i], w_dec[i].T,
-                                                beta=0.0).values()
-            if scale is not None:
-                g_v[i] *= scale
-        if g_w is not None:  # (m, d), W_dec's own layout: written in place
-            v = vals[i] if scale is None else vals[i] * scale
-            torch.addmm(g_w[i], p.csr_t(v), g[i], beta=0.0, out=g_w[i])
+        scale = p.per_entry(row_scale[i])
+        g_v[i] = torch.sparse.sampled_addmm(p.csr(vals[i]), g[i], w_dec[i].T,
+                                            beta=0.0).values() * scale
+        # (m, d), W_dec's own layout: written in place
+        torch.addmm(g_w[i], p.csr_t(vals[i] * scale), g[i], beta=0.0, out=g_w[i])
     return g_v, g_w
 
 
@@ -169,7 +160,7 @@ class SparseCodeError(torch.autograd.Function):
                 w_dec: torch.Tensor, patterns: Sequence[Pattern],
                 bdec_in_decode: bool) -> tuple[torch.Tensor, ...]:
         vals = torch.relu(values)
-        r = _decode(vals, w_dec, patterns, minus=target)
+        r = _decode_minus(vals, w_dec, patterns, target)
         ctx.save_for_backward(vals, xin, w_enc, w_dec, r)
         ctx.patterns = patterns
         ctx.bdec_in_decode = bdec_in_decode
@@ -195,11 +186,8 @@ class SparseCodeError(torch.autograd.Function):
                     w_dec[i].detach().numpy(), r[i].numpy(), g2[i].contiguous().numpy(),
                     xin[i].numpy(), g_wd[i].numpy(), g_wt[i].numpy(), g_be[i].numpy())
         else:
-            g_v, g_wd = _decode_backward(vals, w_dec, r, patterns, True, True, row_scale=g2)
-            assert g_v is not None
-            g_be, g_wt = _encoder_backward(g_v * (vals > 0), xin, w_dec.shape[1], patterns,
-                                           True)
-            assert g_wt is not None
+            g_v, g_wd = _decode_backward(vals, w_dec, r, patterns, g2)
+            g_be, g_wt = _encoder_backward(g_v * (vals > 0), xin, w_dec.shape[1], patterns)
         need = ctx.needs_input_grad
         g_bdec = None
         if need[3]:
