@@ -91,6 +91,36 @@ def test_mass_weights_by_decoder_norm(cache: ActivationCache) -> None:
     assert np.allclose(part["frequency"][:D], (x[:50] > 0).mean(0))
 
 
+@pytest.mark.parametrize("arch", ["topk", "jumprelu"])
+def test_sparse_evaluation_matches_a_dense_reference(cache: ActivationCache, arch: str) -> None:
+    """The evaluation decodes and sums through the sparse code: the same numbers as the dense
+    code's definitions (TopK selects its entries itself, JumpReLU goes through the dense code)."""
+    g = torch.Generator().manual_seed(3)
+    m = 32
+    cfg = SAEConfig(architecture=arch, d_in=D, d_sae=m, k=4 if arch == "topk" else None)
+    tensors = {"W_enc": torch.randn(D, m, generator=g), "W_dec": torch.randn(m, D, generator=g),
+               "b_enc": torch.randn(m, generator=g) * 0.3, "b_dec": torch.randn(D, generator=g)}
+    if arch == "jumprelu":
+        tensors["threshold"] = torch.rand(m, generator=g)
+    sae = sae_from_tensors(cfg, tensors)
+    x = torch.from_numpy(cache.load())
+    with torch.no_grad():
+        f = sae.encode(x).double()
+        w_dec, b_dec = sae.W_dec.double(), sae.b_dec.double()
+    x64 = x.double()
+    err = ((x64 - (f @ w_dec + b_dec)) ** 2).sum()
+    norms = w_dec.norm(dim=1)
+    res = evaluate_sae(sae, cache, batch_size=97)
+    assert res["ev"] == pytest.approx(1 - float(err) / float(((x64 - x64.mean(0)) ** 2).sum()),
+                                      rel=1e-6)
+    assert res["mse"] == pytest.approx(float(err) / len(x), rel=1e-6)
+    assert res["l0"] == pytest.approx(float((f > 0).sum()) / len(x))
+    np.testing.assert_array_equal(res["frequency"], (f > 0).double().mean(0).numpy())
+    np.testing.assert_allclose(res["mass"], (f.sum(0) * norms).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(res["energy"], ((f ** 2).sum(0) * norms ** 2).numpy(), rtol=1e-6)
+    assert 0 < res["l0"] < m / 2  # a sparse code: the test sees active and silent entries
+
+
 def test_write_and_read_evaluation(cache: ActivationCache, tmp_path: Path) -> None:
     res = evaluate_sae(identity_sae(), cache)
     json_path, pq_path = write_evaluation(res, tmp_path / "sae", extra={"seed": 3})

@@ -98,6 +98,24 @@ def test_encode_rules_match_definitions() -> None:
     assert relu.encode(x.reshape(4, 16, D_IN)).shape == (4, 16, D_SAE)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_encode_sparse_is_the_dense_code(arch: str) -> None:
+    sae = make_sae(arch)
+    x = inputs(200)
+    for shift in (0.0, 8.0):  # with b_enc lowered, TopK also selects negative pre-activations
+        sae.b_enc.data -= shift
+        code = sae.encode_sparse(x)
+        assert code.layout == torch.sparse_csr and code.shape == (200, D_SAE)
+        dense = sae.encode(x)
+        assert torch.equal(code.to_dense(), dense)
+        # every active entry is in the CSR structure (explicit zeros may be there too)
+        assert int((code.values() > 0).sum()) == int((dense > 0).sum())
+        assert torch.allclose(sae.decode(code), sae.decode(dense), atol=1e-5)
+    assert (dense == 0).all(1).any()  # rows with nothing active were seen
+    with pytest.raises(ValueError, match="batch, d_in"):
+        sae.encode_sparse(x.reshape(20, 10, D_IN))
+
+
 def test_activation_helpers() -> None:
     g = torch.Generator().manual_seed(3)
     pre = torch.randn(2, 10, 30, generator=g)

@@ -49,6 +49,28 @@ def identity_relu() -> object:
                                   "b_dec": torch.zeros(D)})
 
 
+def test_scan_of_a_topk_sae_matches_its_dense_code(cache: ActivationCache) -> None:
+    """The scan reads the sparse code (TopK selects its entries itself): its counts, sums, maxima
+    and top rows are those of the dense code, across batch boundaries."""
+    g = torch.Generator().manual_seed(0)
+    m = 24
+    cfg = SAEConfig(architecture="topk", d_in=D, d_sae=m, k=3)
+    sae = sae_from_tensors(cfg, {"W_enc": torch.randn(D, m, generator=g),
+                                 "W_dec": torch.randn(m, D, generator=g),
+                                 "b_enc": torch.zeros(m), "b_dec": torch.zeros(D)})
+    acts = surface.scan_activations(sae, cache, top_k=5, batch_size=64)
+    with torch.no_grad():
+        f = sae.encode(torch.from_numpy(cache.load())).numpy()
+    np.testing.assert_array_equal(acts.count, (f > 0).sum(0))
+    np.testing.assert_allclose(acts.total, f.sum(0, dtype=np.float64), rtol=1e-6)
+    np.testing.assert_array_equal(acts.max, f.max(0))
+    for j in range(m):
+        order = np.lexsort((np.arange(len(f)), -f[:, j]))[:5]
+        fired = f[order, j] > 0
+        np.testing.assert_array_equal(acts.top_values[:, j], np.where(fired, f[order, j], 0))
+        np.testing.assert_array_equal(acts.top_rows[fired, j], order[fired])
+
+
 def test_scan_and_feature_table(cache: ActivationCache) -> None:
     sae = identity_relu()
     acts = surface.scan_activations(sae, cache, top_k=16, batch_size=100)
@@ -59,6 +81,10 @@ def test_scan_and_feature_table(cache: ActivationCache) -> None:
     # the top rows hold the largest activations, in order
     for j in range(D):
         np.testing.assert_allclose(acts.top_values[:, j], np.sort(x[:, j])[::-1][:16], rtol=1e-6)
+        # each top row holds its value; equal values (every '.' gives 2.0) go to the lower row
+        np.testing.assert_allclose(x[acts.top_rows[:, j], j], acts.top_values[:, j], rtol=1e-6)
+        order = np.lexsort((np.arange(len(x)), -x[:, j]))[:16]
+        np.testing.assert_array_equal(acts.top_rows[:, j], order)
     tokens = surface.TokenInfo.build(ByteTokenizer(), cache.token_ids())
     t = surface.feature_table(acts, np.asarray(cache.token_ids()), tokens)
     dot, space, digit = t.iloc[0], t.iloc[1], t.iloc[2]

@@ -55,7 +55,7 @@ class FeatureActivations:
     max: np.ndarray  # (m,)
     mass: np.ndarray  # (m,) total * ||d_j||
     top_values: np.ndarray  # (K, m) descending; 0 where the feature fired fewer than K times
-    top_rows: np.ndarray  # (K, m) cache rows of those activations
+    top_rows: np.ndarray  # (K, m) their cache rows (ties: lower row first); 0 where no activation
 
 
 @torch.no_grad()
@@ -67,31 +67,46 @@ def scan_activations(sae: SAE, cache: ActivationCache, top_k: int = 64, batch_si
     sae = sae.to(device).eval()
     n = cache.n_tokens if max_tokens is None else min(max_tokens, cache.n_tokens)
     m = sae.cfg.d_sae
-    count = torch.zeros(m, dtype=torch.int64, device=device)
-    total = torch.zeros(m, dtype=torch.float64, device=device)
-    vmax = torch.zeros(m, dtype=torch.float32, device=device)
+    count = np.zeros(m, dtype=np.int64)
+    total = np.zeros(m, dtype=np.float64)
+    vmax = np.zeros(m, dtype=np.float32)
     k = min(top_k, n)
-    # the running top-k per feature, feature-major: (m, k) rows are contiguous for topk
-    top_v = torch.zeros(m, k, dtype=torch.float32, device=device)
-    top_r = torch.zeros(m, k, dtype=torch.int64, device=device)
+    # the running top-k per feature, feature-major, by decreasing value and then increasing row
+    top_v = np.zeros((m, k), dtype=np.float32)
+    top_r = np.zeros((m, k), dtype=np.int64)
     starts = range(0, n, batch_size)
     for start in progress(starts, total=len(starts), desc="feature activations", unit="batch"):
         x = torch.from_numpy(cache.load(start, min(start + batch_size, n))).to(device)
-        f = sae.encode(x).float()
-        count += (f > 0).sum(0)
-        total += f.sum(0).double()  # float32 within a batch, float64 across batches
-        vmax = torch.maximum(vmax, f.max(0).values)
-        batch_v, batch_i = f.T.contiguous().topk(min(k, len(f)), dim=1)
-        cand_v = torch.cat([top_v, batch_v], dim=1)
-        cand_r = torch.cat([top_r, batch_i + start], dim=1)
-        top_v, pick = cand_v.topk(k, dim=1)
-        top_r = cand_r.gather(1, pick)
-    top_v, top_r = top_v.T.contiguous(), top_r.T.contiguous()
-    norms = sae.W_dec.detach().double().norm(dim=1)
+        code = sae.encode_sparse(x)  # CSR: only the active entries are touched below
+        crow = code.crow_indices().cpu().numpy()
+        col = code.col_indices().cpu().numpy()
+        val = code.values().float().cpu().numpy()
+        row = np.repeat(np.arange(len(crow) - 1), np.diff(crow)) + start
+        on = val > 0
+        row, col, val = row[on], col[on], val[on]
+        count += np.bincount(col, minlength=m)
+        total += np.bincount(col, weights=val, minlength=m)  # float64 sums
+        np.maximum.at(vmax, col, val)
+        # this batch's top-k of each feature: entries by feature, then value, then row
+        order = np.lexsort((row, -val, col))
+        col, val, row = col[order], val[order], row[order]
+        first = np.concatenate([[0], np.cumsum(np.bincount(col, minlength=m))[:-1]])
+        rank = np.arange(len(col)) - first[col]
+        keep = rank < k
+        batch_v = np.zeros((m, k), dtype=np.float32)
+        batch_r = np.zeros((m, k), dtype=np.int64)
+        batch_v[col[keep], rank[keep]] = val[keep]
+        batch_r[col[keep], rank[keep]] = row[keep]
+        # merge: the running top-k holds earlier rows, so a stable sort keeps ties row-ordered
+        cand_v = np.concatenate([top_v, batch_v], axis=1)
+        cand_r = np.concatenate([top_r, batch_r], axis=1)
+        pick = np.argsort(-cand_v, axis=1, kind="stable")[:, :k]
+        top_v = np.take_along_axis(cand_v, pick, axis=1)
+        top_r = np.take_along_axis(cand_r, pick, axis=1)
+    norms = sae.W_dec.detach().double().norm(dim=1).cpu().numpy()
     return FeatureActivations(
-        n_tokens=n, count=count.cpu().numpy(), total=total.cpu().numpy(),
-        max=vmax.cpu().numpy(), mass=(total * norms).cpu().numpy(),
-        top_values=top_v.cpu().numpy(), top_rows=top_r.cpu().numpy())
+        n_tokens=n, count=count, total=total, max=vmax, mass=total * norms,
+        top_values=np.ascontiguousarray(top_v.T), top_rows=np.ascontiguousarray(top_r.T))
 
 
 # ------------------------------------------------------------------------------------------

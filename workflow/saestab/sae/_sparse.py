@@ -49,6 +49,22 @@ def _stable_argsort(col: torch.Tensor, n_cols: int) -> torch.Tensor:
     return torch.from_numpy(np.argsort(keys, kind="stable"))
 
 
+def csr_code(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+             shape: tuple[int, int]) -> torch.Tensor:
+    """A (B, m) code as a sparse CSR tensor (torch's "beta" warning silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape)
+
+
+def dense_to_csr(f: torch.Tensor) -> torch.Tensor:
+    """The nonzero entries of a dense (B, m) code as a CSR tensor."""
+    row, col = f.nonzero(as_tuple=True)
+    crow = torch.zeros(f.shape[0] + 1, dtype=torch.int64, device=f.device)
+    crow[1:] = torch.bincount(row, minlength=f.shape[0]).cumsum(0)
+    return csr_code(crow, col, f[row, col], tuple(f.shape))
+
+
 class Pattern:
     """Positions (row, col) of the active latents of one seed's (B, m) code, row-major, with the
     transposed (column-major) order precomputed for the backward matmuls."""

@@ -258,6 +258,15 @@ class Architecture(torch.nn.Module):
         """The inference-time activation of a saved SAE's pre-activations (..., m)."""
         raise NotImplementedError
 
+    @classmethod
+    def infer_sparse(cls, pre: torch.Tensor, sae: SAE) -> torch.Tensor:
+        """:meth:`infer`'s code of (B, m) pre-activations as a sparse CSR tensor, which may
+        hold explicit zeros (an entry is active where its value is > 0). By default the nonzeros
+        of the dense code; an architecture that selects its entries directly overrides it."""
+        from ._sparse import dense_to_csr  # the sparse helpers import this module
+
+        return dense_to_csr(cls.infer(pre, sae))
+
 
 def threshold_activation(pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """JumpReLU at inference: ``pre`` where ``pre > threshold`` (and > 0), else 0."""

@@ -125,8 +125,17 @@ class SAE(torch.nn.Module):
         """Feature activations (..., d_sae) with the architecture's inference rule."""
         return self.arch.infer(self.pre_activations(x), self)
 
+    def encode_sparse(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode` of a (B, d_in) batch as a sparse CSR (B, d_sae) tensor; it may hold
+        explicit zeros (see ``Architecture.infer_sparse``). Cheaper to reduce and decode."""
+        if x.dim() != 2:
+            raise ValueError(f"encode_sparse takes a (batch, d_in) tensor, got {tuple(x.shape)}")
+        return self.arch.infer_sparse(self.pre_activations(x), self)
+
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        """Reconstruction ``f @ W_dec + b_dec``."""
+        """Reconstruction ``f @ W_dec + b_dec`` (``f`` dense or sparse CSR)."""
+        if f.layout == torch.sparse_csr:
+            return torch.addmm(self.b_dec, f.to(dtype=self.dtype), self.W_dec)
         return f.to(dtype=self.dtype) @ self.W_dec + self.b_dec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

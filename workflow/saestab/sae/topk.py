@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._sparse import Pattern, sparse_code_error, top_indices
+from ._sparse import Pattern, csr_code, sparse_code_error, top_indices
 from .architecture import Architecture, StepOut, register
 
 if TYPE_CHECKING:
@@ -174,3 +174,12 @@ class TopK(TopKFamily):
     @classmethod
     def infer(cls, pre: torch.Tensor, sae: SAE) -> torch.Tensor:
         return topk_activation(pre, int(sae.cfg.k))  # type: ignore[arg-type]
+
+    @classmethod
+    def infer_sparse(cls, pre: torch.Tensor, sae: SAE) -> torch.Tensor:
+        """The k selected entries of each row, ReLU'd (negative ones kept as explicit zeros)."""
+        k = int(sae.cfg.k)  # type: ignore[arg-type]
+        idx = top_indices(pre, k)
+        crow = torch.arange(0, idx.numel() + 1, k, device=pre.device)
+        return csr_code(crow, idx.reshape(-1), torch.relu(pre.gather(-1, idx)).reshape(-1),
+                        (pre.shape[0], pre.shape[1]))
