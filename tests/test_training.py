@@ -111,6 +111,7 @@ def test_config_defaults_and_validation() -> None:
     assert r.k is None and r.l1_coefficient == pytest.approx(5 / 4)
     assert r.l1_warmup_steps == r.warmup_steps  # budget-free, so snapshots share the start
     assert r.lr == pytest.approx(5e-5 * 16)
+    assert r.decode == "sparse"  # once its code is sparse (ReLU.training_loss)
     # one validation layer: the schema's variant entry plus the architectures' cross-key checks
     bad = [({"architecture": "matryoshka", "d_sae": 64, "k": 4, "matryoshka_groups": [16, 16]},
             "sum to 32"),
@@ -118,7 +119,7 @@ def test_config_defaults_and_validation() -> None:
             "not both"),
            ({"architecture": "topk", "d_sae": 8, "k": 9}, "exceeds d_sae"),
            ({"architecture": "topk", "d_sae": 8}, "k: required"),
-           ({"architecture": "relu", "d_sae": 8, "decode": "sparse"}, "not implemented"),
+           ({"architecture": "jumprelu", "d_sae": 8, "decode": "sparse"}, "not implemented"),
            ({"architecture": "gated", "d_sae": 8}, "is not one of")]
     for recipe, message in bad:
         with pytest.raises(config.ConfigError, match=message):
@@ -195,6 +196,66 @@ def test_sparse_path_matches_dense(arch: str, kernels: bool, monkeypatch) -> Non
     assert torch.allclose(so.min_kept, do.min_kept)
     for n in sg:
         assert torch.allclose(sg[n], dg[n], rtol=1e-4, atol=1e-6), n
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernel", "torch"])
+def test_relu_sparse_path_matches_dense(kernels: bool, monkeypatch) -> None:
+    """Once its code is sparse, ReLU+L1 trains through its positive entries only: the dense
+    path's loss (penalty included) and gradients, with seeds whose entry counts differ (the
+    shorter ones padded); while L0 is high, or before any L0 is known, it stays dense."""
+    from saestab.sae import _sparse
+
+    monkeypatch.setattr(_sparse, "USE_KERNELS", kernels)
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(1)) / D**0.5
+    outs, grads = [], []
+    for decode in ("sparse", "dense"):
+        model = stacked_model("relu", decode, n_seeds=3, l1_coefficient=0.7,
+                              l1_warmup_steps=1)
+        with torch.no_grad():
+            model.b_enc -= torch.tensor([[0.15], [0.25], [0.35]])  # ~10-25% of latents fire
+            model.W_dec.mul_(torch.linspace(0.5, 1.5, 48).unsqueeze(-1))  # norms differ
+        model.l0_ema.fill_(4.0)
+        out = model.training_loss(x, step=10)
+        out.loss.backward()
+        outs.append(out)
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    (so, do), (sg, dg) = outs, grads
+    assert len(set(so.l0.tolist())) == 3 and (so.aux > 0).all()  # unequal counts: padded
+    assert torch.allclose(so.loss, do.loss, rtol=1e-5)
+    assert torch.allclose(so.aux, do.aux, rtol=1e-5) and torch.allclose(so.sse, do.sse)
+    assert torch.allclose(so.l0, do.l0) and torch.equal(so.fired, do.fired)
+    for n in sg:
+        assert torch.allclose(sg[n], dg[n], rtol=1e-4, atol=1e-6), n
+    # the decision: no L0 seen yet, or one above the share, takes the dense matmuls
+    from saestab.sae import relu as relu_module
+
+    def refuse(pre: torch.Tensor) -> None:
+        raise AssertionError("the sparse path ran")
+
+    monkeypatch.setattr(relu_module, "positive_entries", refuse)
+    model = stacked_model("relu", "sparse", n_seeds=3)
+    for l0 in (float("nan"), 0.2 * 48):
+        model.l0_ema.fill_(l0)
+        model.training_loss(x, step=10)
+    model.l0_ema.fill_(4.0)
+    with pytest.raises(AssertionError, match="sparse path ran"):
+        model.training_loss(x, step=10)
+
+
+def test_positive_entries_pads_to_one_count() -> None:
+    from saestab.sae._sparse import positive_entries
+
+    pre = torch.randn(3, 40, 30, generator=torch.Generator().manual_seed(4))
+    pre[1] -= 1.0
+    pre[2, :20] = -1.0  # the first rows hold no positive entry
+    patterns, values = positive_entries(pre)
+    assert values.shape[0] == 3 and len({p.col.numel() for p in patterns}) == 1
+    for i, p in enumerate(patterns):
+        dense = torch.zeros(40, 30).index_put_(
+            (p.per_entry(torch.arange(40)), p.col), torch.relu(values[i]), accumulate=True)
+        assert torch.equal(dense, torch.relu(pre[i]))  # positives once each, pads are <= 0
+        flat = p.per_entry(torch.arange(40)) * 30 + p.col
+        assert bool((flat.diff() > 0).all())  # distinct positions in row-major order
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -35,15 +35,17 @@ def set_threads(n: int) -> None:
 
 
 def _code_error_backward(crow_t: np.ndarray, rows_t: np.ndarray, order: np.ndarray,
-                         vals: np.ndarray, w_dec: np.ndarray, r: np.ndarray,
-                         row_scale: np.ndarray, xin: np.ndarray, g_wdec: np.ndarray,
-                         g_wenc_t: np.ndarray, g_benc: np.ndarray) -> None:  # pragma: no cover
+                         vals: np.ndarray, g_vals: np.ndarray, w_dec: np.ndarray,
+                         r: np.ndarray, row_scale: np.ndarray, xin: np.ndarray,
+                         g_wdec: np.ndarray, g_wenc_t: np.ndarray,
+                         g_benc: np.ndarray) -> None:  # pragma: no cover
     """Backward of ``err_b = ||sum_j relu(pre_bj) W_dec[j] - xin_b||^2`` (``r_b`` the residual)
-    for one seed, given ``row_scale_b = 2 dL/d err_b``. Per latent ``j``, over its entries
-    ``(b, p)`` in transposed CSR order (``crow_t``, rows ``rows_t``, row-major positions
+    for one seed, given ``row_scale_b = 2 dL/d err_b`` and the gradient ``g_vals`` that reaches
+    the ReLU'd values by other paths (an L1 penalty; zeros if none). Per latent ``j``, over its
+    entries ``(b, p)`` in transposed CSR order (``crow_t``, rows ``rows_t``, row-major positions
     ``order``), where the ReLU passed (``vals[p] > 0``):
 
-    - ``g_pre = row_scale_b <W_dec[j], r_b>`` (the pre-activation's gradient);
+    - ``g_pre = row_scale_b <W_dec[j], r_b> + g_vals[p]`` (the pre-activation's gradient);
     - ``g_wdec[j] += vals[p] row_scale_b r_b``;
     - ``g_wenc_t[j] += g_pre xin_b`` and ``g_benc[j] += g_pre``.
     """
@@ -67,7 +69,7 @@ def _code_error_backward(crow_t: np.ndarray, rows_t: np.ndarray, order: np.ndarr
                 s = zero
                 for t in range(d):
                     s += wj[t] * rb[t]
-                gpre = s * sc
+                gpre = s * sc + g_vals[p]
                 vs = v * sc
                 for t in range(d):
                     gwd[t] += vs * rb[t]

@@ -40,6 +40,32 @@ def top_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
 
 
+def positive_entries(pre: torch.Tensor) -> tuple[list[Pattern], torch.Tensor]:
+    """The positions of each seed's positive (S, B, m) pre-activations (a ReLU code) as
+    patterns, with their values (S, nnz). Seeds share one entry count: those with fewer
+    positive entries are padded with their first non-positive positions, which the ReLU
+    zeroes (no output, no gradient)."""
+    s, b, m = pre.shape
+    flat = pre.reshape(s, b * m)
+    found = [torch.nonzero(f > 0).squeeze(1) for f in flat]
+    n = max(len(p) for p in found)
+    patterns, values = [], []
+    for f, p in zip(flat, found, strict=True):
+        pad = n - len(p)
+        if pad:
+            # a prefix of rows that holds enough non-positive entries, usually the first few
+            stop = min(b * m, (pad // max(1, m // 2) + 2) * m)
+            while True:
+                neg = torch.nonzero(f[:stop] <= 0).squeeze(1)
+                if len(neg) >= pad or stop == b * m:
+                    break
+                stop = min(b * m, 2 * stop)
+            p = torch.cat([p, neg[:pad]]).sort().values
+        patterns.append(Pattern.from_flat_indices(p, b, m))
+        values.append(f[p])
+    return patterns, torch.stack(values)
+
+
 def _stable_argsort(col: torch.Tensor, n_cols: int) -> torch.Tensor:
     """``argsort(col, stable=True)``; on a CPU numpy's radix sort of 16-bit keys where the
     columns fit (7x faster than torch's merge sort on a step's 16k positions)."""
@@ -156,10 +182,11 @@ def _decode_backward(vals: torch.Tensor, w_dec: torch.Tensor, g: torch.Tensor,
 
 
 class SparseCodeError(torch.autograd.Function):
-    """A TopK-family reconstruction loss in one node: the ReLU of the active pre-activations
+    """A sparse code's reconstruction loss in one node: the ReLU of the active pre-activations
     ``values`` (S, nnz), their CSR decode ``f @ W_dec`` and its per-token squared error against
-    ``target`` (S, B, d). Outputs the error (S, B) and, not differentiable, the residual
-    ``r = f @ W_dec - target`` (S, B, d) and the ReLU'd values.
+    ``target`` (S, B, d). Outputs the error (S, B), the residual ``r = f @ W_dec - target``
+    (S, B, d; not differentiable) and the ReLU'd values (S, nnz): a penalty on these (ReLU's
+    L1) back-propagates into the encoder through the same pass.
 
     The main loss has ``target = xin = x - b_dec`` (so ``r = x_hat - x``, and ``b_dec`` is part
     of ``x_hat``); AuxK decodes without ``b_dec`` against the main loss's residual. Backward
@@ -180,16 +207,19 @@ class SparseCodeError(torch.autograd.Function):
         ctx.save_for_backward(vals, xin, w_enc, w_dec, r)
         ctx.patterns = patterns
         ctx.bdec_in_decode = bdec_in_decode
-        ctx.mark_non_differentiable(r, vals)
-        ctx.set_materialize_grads(False)  # no zero-filled gradients for r and vals
+        ctx.mark_non_differentiable(r)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for r, or vals if unused
         # ||r||^2 per token; einsum here runs S*B (1, d) x (d, 1) matmuls, slow for S > 1
         return torch.linalg.vector_norm(r, dim=-1).square_(), r, vals
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor, *_: Any) -> tuple[Any, ...]:
+    def backward(ctx: Any, g: torch.Tensor | None, g_r: Any,
+                 g_vals: torch.Tensor | None) -> tuple[Any, ...]:
         vals, xin, w_enc, w_dec, r = ctx.saved_tensors
         patterns = ctx.patterns
-        g2 = 2.0 * g
+        g2 = 2.0 * g if g is not None else torch.zeros(r.shape[:2], dtype=r.dtype)
+        if g_vals is None:
+            g_vals = torch.zeros_like(vals)
         if _use_kernels(vals, xin, w_dec, r):
             s, m, d = w_dec.shape
             g_wd = torch.empty_like(w_dec)
@@ -199,11 +229,13 @@ class SparseCodeError(torch.autograd.Function):
             for i, p in enumerate(patterns):
                 _kernels.code_error_backward(
                     p.crow_t.numpy(), p.col_t.numpy(), p.order.numpy(), vals[i].numpy(),
-                    w_dec[i].detach().numpy(), r[i].numpy(), g2[i].contiguous().numpy(),
+                    g_vals[i].contiguous().numpy(), w_dec[i].detach().numpy(), r[i].numpy(),
+                    g2[i].contiguous().numpy(),
                     xin[i].numpy(), g_wd[i].numpy(), g_wt[i].numpy(), g_be[i].numpy())
         else:
             g_v, g_wd = _decode_backward(vals, w_dec, r, patterns, g2)
-            g_be, g_wt = _encoder_backward(g_v * (vals > 0), xin, w_dec.shape[1], patterns)
+            g_be, g_wt = _encoder_backward((g_v + g_vals) * (vals > 0), xin, w_dec.shape[1],
+                                           patterns)
         need = ctx.needs_input_grad
         g_bdec = None
         if need[3]:
@@ -227,7 +259,8 @@ def sparse_code_error(values: torch.Tensor, xin: torch.Tensor, b_dec: torch.Tens
                       target: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """``(err, r, f)``: the per-token squared error (S, B) of the sparse code whose active
     pre-activations are ``values`` (S, nnz), differentiable into the encoder, decoder and
-    ``b_dec``; the detached residual ``r`` (S, B, d); the detached ReLU'd values (S, nnz).
+    ``b_dec``; the detached residual ``r`` (S, B, d); the ReLU'd values (S, nnz),
+    differentiable into the encoder and ``b_dec``.
     ``xin`` is the encoder's input ``x - b_dec`` (S, B, d), computed without gradient by the
     caller. Without ``target``, the code's reconstruction ``f @ W_dec + b_dec`` is compared with
     ``x`` (``r = x_hat - x``); with it, ``f @ W_dec`` alone is compared with ``target``."""

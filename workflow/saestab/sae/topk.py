@@ -105,6 +105,7 @@ class TopKFamily(Architecture):
             patterns, values = self.sparse_select(pre)
         err, r, vals = sparse_code_error(values, xin, self.b_dec, self.W_enc, self.b_enc,
                                          self.W_dec, patterns)
+        vals = vals.detach()  # bookkeeping only: the loss is the error
         active = vals > 0
         fired = torch.zeros(self.since_fired.shape, dtype=vals.dtype, device=vals.device)
         for i, p in enumerate(patterns):
