@@ -49,6 +49,34 @@ def groups(tmp_path):
     return out
 
 
+def test_census_reads_train_statistics_from_a_cache_or_from_saved_scans(groups, tmp_path):
+    """The train split's statistics (dead latents, masking's mass and energy) are the same
+    whether the census scans the cache itself or reads the scans of rule scan_features."""
+    from saestab.activations import write_cache
+    from saestab.evaluation import read_scans, scan_sae, write_scans
+    from saestab.sae import load_sae
+
+    rng = np.random.default_rng(1)
+    table = torch.from_numpy(rng.standard_normal((50, D)).astype(np.float32))
+    train = write_cache(tmp_path / "train", lambda ids: table[ids], rng.integers(0, 50, (20, 8)),
+                        d=D, bos_token_id=None, outlier_factor=None)
+    direct = census.run_census(groups, n_draws=2, hungarian_pairs=1, train_cache=train,
+                               train_tokens=3)
+    seeds = census.seed_map(groups)
+    path = write_scans({s: scan_sae(load_sae(d), train, top_k=3, max_tokens=3)
+                        for s, d in seeds.items()}, tmp_path / "train.npz")
+    read = census.run_census(groups, n_draws=2, hungarian_pairs=1, train_scans=read_scans(path))
+    cols = ["train_frequency", "train_mass", "train_energy", "label"]
+    assert direct.table[cols].equals(read.table[cols])
+    assert direct.summary["dead_fraction_train"] == read.summary["dead_fraction_train"]
+    assert (direct.table["label"] == "dead").any()  # on 3 rows at most 12 of 24 latents fire
+    with pytest.raises(InputError, match="no train-split feature scan for seed 0"):
+        census.run_census(groups, n_draws=2, hungarian_pairs=1,
+                          train_scans={s: v for s, v in read_scans(path).items() if s})
+    with pytest.raises(ValueError, match="not both"):
+        census.run_census(groups, train_cache=train, train_scans=read_scans(path))
+
+
 def test_census_planted(groups, tmp_path):
     c = census.run_census(groups, theta=0.7, eps=0.05, n_draws=3, hungarian_pairs=3)
     s = c.summary

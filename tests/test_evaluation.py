@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from saestab.activations import ActivationCache, write_cache
-from saestab.evaluation import evaluate_sae, read_evaluation, write_evaluation
+from saestab import io
+from saestab.evaluation import (
+    evaluate_sae,
+    read_evaluation,
+    read_scans,
+    scan_sae,
+    write_evaluation,
+    write_scans,
+)
 from saestab.sae import SAEConfig, sae_from_tensors
 
 D = 8
@@ -119,6 +127,25 @@ def test_sparse_evaluation_matches_a_dense_reference(cache: ActivationCache, arc
     np.testing.assert_allclose(res["mass"], (f.sum(0) * norms).numpy(), rtol=1e-6)
     np.testing.assert_allclose(res["energy"], ((f ** 2).sum(0) * norms ** 2).numpy(), rtol=1e-6)
     assert 0 < res["l0"] < m / 2  # a sparse code: the test sees active and silent entries
+
+
+def test_scans_round_trip_and_refuse_other_files(cache: ActivationCache, tmp_path: Path) -> None:
+    scans = {3: scan_sae(identity_sae(), cache, top_k=4), 5: scan_sae(identity_sae(), cache)}
+    with pytest.raises(ValueError):  # one shape for all seeds: top_k differs
+        write_scans(scans, tmp_path / "bad.npz")
+    scans[5] = scan_sae(identity_sae(), cache, top_k=4, max_tokens=50)
+    path = write_scans(scans, tmp_path / "scans.npz")
+    back = read_scans(path)
+    assert sorted(back) == [3, 5] and back[5].n_tokens == 50
+    for s in (3, 5):
+        a, b = scans[s].evaluation(), back[s].evaluation()
+        assert a["ev"] == b["ev"] and np.array_equal(a["mass"], b["mass"])
+        assert np.array_equal(scans[s].top_rows, back[s].top_rows)
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(io.InputError, match="not a feature-scan file"):
+        read_scans(tmp_path / "other.npz")
+    with pytest.raises(io.InputError, match="rule scan_features"):
+        read_scans(tmp_path / "missing.npz")
 
 
 def test_write_and_read_evaluation(cache: ActivationCache, tmp_path: Path) -> None:

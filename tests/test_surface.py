@@ -10,8 +10,9 @@ import pytest
 import torch
 from scipy import stats
 
-from saestab import surface
+from saestab import io, surface
 from saestab.activations import ActivationCache, write_cache
+from saestab.evaluation import read_scans, scan_sae, write_scans
 from saestab.models import ByteTokenizer
 from saestab.sae import SAEConfig, sae_from_tensors, save_sae
 
@@ -58,7 +59,7 @@ def test_scan_of_a_topk_sae_matches_its_dense_code(cache: ActivationCache) -> No
     sae = sae_from_tensors(cfg, {"W_enc": torch.randn(D, m, generator=g),
                                  "W_dec": torch.randn(m, D, generator=g),
                                  "b_enc": torch.zeros(m), "b_dec": torch.zeros(D)})
-    acts = surface.scan_activations(sae, cache, top_k=5, batch_size=64)
+    acts = scan_sae(sae, cache, top_k=5, batch_size=64)
     with torch.no_grad():
         f = sae.encode(torch.from_numpy(cache.load())).numpy()
     np.testing.assert_array_equal(acts.count, (f > 0).sum(0))
@@ -73,7 +74,7 @@ def test_scan_of_a_topk_sae_matches_its_dense_code(cache: ActivationCache) -> No
 
 def test_scan_and_feature_table(cache: ActivationCache) -> None:
     sae = identity_relu()
-    acts = surface.scan_activations(sae, cache, top_k=16, batch_size=100)
+    acts = scan_sae(sae, cache, top_k=16, batch_size=100)
     x = cache.load()
     np.testing.assert_array_equal(acts.count, (x > 0).sum(0))
     np.testing.assert_allclose(acts.max, x.max(0), rtol=1e-6)
@@ -155,6 +156,17 @@ def test_run_surface_contexts_and_browser(tmp_path: Path, cache: ActivationCache
                            "p_hat": [0.0] * 3 + [1.0] * 4 + [0.0]})
     res = surface.run_surface(seeds, census, cache, ByteTokenizer(), anchors=[0], top_k=16,
                               n_browse=2, n_contexts=3)
+    # from a saved scan of the anchor (the workflow's scan_features), with more top rows kept
+    path = write_scans({0: scan_sae(identity_relu(), cache, top_k=40)}, tmp_path / "scan.npz")
+    again = surface.run_surface({}, census, cache, ByteTokenizer(), anchors=[0], top_k=16,
+                                n_browse=2, n_contexts=3, scans=read_scans(path))
+    pd.testing.assert_frame_equal(again.features, res.features)
+    pd.testing.assert_frame_equal(again.contexts, res.contexts)
+    with pytest.raises(io.InputError, match="fewer than top_k = 64"):
+        surface.run_surface({}, census, cache, ByteTokenizer(), anchors=[0], top_k=64,
+                            scans=read_scans(path))
+    with pytest.raises(io.InputError, match="no feature scan for anchor seed 1"):
+        surface.run_surface({}, census, cache, ByteTokenizer(), anchors=[1], scans={})
     assert len(res.features) == D
     assert set(res.features["label"]) == {"stable", "unstable", "dead"}
     assert res.features["live"].tolist() == [True] * 7 + [False]

@@ -261,7 +261,7 @@ def test_runtime_settings_rerun_nothing(workdir, tmp_path):
         function={"masking": {"n_anchors": 3, "ce_contexts": 4, "ce_batch_size": 1,
                               "batch_size": 99},
                   "surface": {"n_anchors": 3, "top_k": 16, "browse_features": 3,
-                              "browse_contexts": 4, "batch_size": 77}})
+                              "browse_contexts": 4}})
     proc = snakemake(workdir, "--cores", "2", "-n", "--configfile", str(changed))
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
     # the control: a setting that changes results does rerun

@@ -361,8 +361,11 @@ def benchmark_files():
         base = f"benchmarks/{model}/{weights}/{hook}"
         out += [f"{base}/train_saes/{variant}-group{g}.tsv" for g in range(n_groups())]
         out.append(f"{base}/stability_census/{variant}.tsv")
+        scanned = {"train"}  # the census's split, and the surface statistics' one
         if c in function_configs():
             out += [f"{base}/{s}/{variant}.tsv" for s in ("masking", "surface_stats")]
+            scanned.add(config["function"]["surface"]["split"])
+        out += [f"{base}/scan_features/{variant}-{s}.tsv" for s in sorted(scanned)]
         if config["geometry"]["enabled"]:
             out.append(f"{base}/geometry/{variant}.tsv")
         if c in pool_configs():

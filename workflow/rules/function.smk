@@ -39,9 +39,9 @@ rule masking:
 
 rule surface_stats:
     input:
-        groups=lambda wc: sae_group_dirs(wc.model, wc.weights, wc.hook, wc.variant),
         features="results/{model}/{weights}/{hook}/stability/{variant}/features.parquet",
         cache=f"results/{{model}}/{{weights}}/{{hook}}/cache/{config['function']['surface']['split']}",
+        scan=f"results/{{model}}/{{weights}}/{{hook}}/scan/{{variant}}/{config['function']['surface']['split']}.npz",
         model=model_files,
     output:
         features="results/{model}/{weights}/{hook}/function/{variant}/features.parquet",

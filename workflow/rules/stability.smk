@@ -7,10 +7,41 @@ localrules:
     table1,
 
 
+rule scan_features:
+    # one pass of every seed over a cache split, shared by the census (train) and the surface
+    # statistics (their split)
+    input:
+        groups=lambda wc: sae_group_dirs(wc.model, wc.weights, wc.hook, wc.variant),
+        cache="results/{model}/{weights}/{hook}/cache/{split}",
+    output:
+        "results/{model}/{weights}/{hook}/scan/{variant}/{split}.npz",
+    wildcard_constraints:
+        split="train|eval",
+    log:
+        "logs/{model}/{weights}/{hook}/scan_features/{variant}-{split}.log",
+    benchmark:
+        "benchmarks/{model}/{weights}/{hook}/scan_features/{variant}-{split}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: job_threads()
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=gpu_request(),
+    params:
+        top_k=config["function"]["surface"]["top_k"],
+        # the census reads the train split's first stability.train_tokens rows (null: all)
+        max_tokens=lambda wc: (
+            config["stability"]["train_tokens"] if wc.split == "train" else None
+        ),
+    script:
+        "../scripts/scan_features.py"
+
+
 rule stability_census:
     input:
         groups=lambda wc: sae_group_dirs(wc.model, wc.weights, wc.hook, wc.variant),
-        train="results/{model}/{weights}/{hook}/cache/train",
+        train_scan="results/{model}/{weights}/{hook}/scan/{variant}/train.npz",
     output:
         features="results/{model}/{weights}/{hook}/stability/{variant}/features.parquet",
         summary="results/{model}/{weights}/{hook}/stability/{variant}/summary.json",

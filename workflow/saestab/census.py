@@ -18,7 +18,7 @@ rules failing there.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from scipy import stats
 
 from . import io, matching, resampling, stability
 from .activations import ActivationCache
-from .evaluation import evaluate_sae, read_evaluation
+from .evaluation import FeatureScan, read_evaluation, scan_sae
 from .logs import get_logger
 from .sae import load_sae
 from .stability import mean_interval
@@ -102,11 +102,12 @@ class Census:
 
 
 def _load(dirs: Sequence[Path], device: str, train: ActivationCache | None = None,
-          train_tokens: int | None = None, batch_size: int = 4096
-          ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Decoder directions (S, m, d) and per-seed evaluations; with ``train``, also each
-    feature's frequency, mass and energy on (the first ``train_tokens`` rows of) the train split
-    as ``train_frequency``, ``train_mass``, ``train_energy``."""
+          train_tokens: int | None = None, train_scans: Mapping[int, FeatureScan] | None = None,
+          batch_size: int = 4096) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Decoder directions (S, m, d) and per-seed evaluations; with ``train`` (scanned here, its
+    first ``train_tokens`` rows) or ``train_scans`` (its scans by seed), also each feature's
+    frequency, mass and energy on the train split as ``train_frequency``, ``train_mass``,
+    ``train_energy``."""
     directions, evals = [], []
     for d in dirs:
         sae = load_sae(d, device=device)
@@ -115,9 +116,21 @@ def _load(dirs: Sequence[Path], device: str, train: ActivationCache | None = Non
         training = d / "training.json"
         if training.is_file():
             ev["decoder_init_cosine"] = io.read_json(training).get("decoder_init_cosine_median")
-        if train is not None:
-            tr = evaluate_sae(sae, train, batch_size=batch_size, device=device,
-                              max_tokens=train_tokens)
+        seed = int(_SEED_DIR.match(d.name).group(1))  # type: ignore[union-attr]
+        tr = None
+        if train_scans is not None:
+            if seed not in train_scans:
+                raise io.InputError(f"no train-split feature scan for seed {seed} (have "
+                                    f"{sorted(train_scans)}): rerun rule scan_features")
+            if train_scans[seed].count.size != sae.cfg.d_sae:
+                raise io.InputError(f"the train-split feature scan of seed {seed} has "
+                                    f"{train_scans[seed].count.size} features, the SAE "
+                                    f"{sae.cfg.d_sae}: rerun rule scan_features")
+            tr = train_scans[seed].evaluation()
+        elif train is not None:
+            tr = scan_sae(sae, train, batch_size=batch_size, device=device,
+                          max_tokens=train_tokens).evaluation()
+        if tr is not None:
             for key in ("frequency", "mass", "energy"):
                 ev[f"train_{key}"] = tr[key]
             ev["train_ev"] = tr["ev"]
@@ -322,19 +335,26 @@ def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: flo
                epss: Sequence[float] = (0.0, 0.05, 0.1, 0.2), n_draws: int = 20,
                hungarian_pairs: int = 4, seed: int = 0, device: str = "cpu",
                chunk_size: int = 4096, train_cache: ActivationCache | str | Path | None = None,
-               train_tokens: int | None = None, convergence_threshold: float = 0.02) -> Census:
+               train_tokens: int | None = None,
+               train_scans: Mapping[int, FeatureScan] | None = None,
+               convergence_threshold: float = 0.02) -> Census:
     """Match every pair of seeds of one configuration and derive the stability statistics.
 
-    ``train_cache`` (the train split the SAEs were trained on) decides which latents are dead
-    (never active on its first ``train_tokens`` rows; None: all) and gives the per-feature
-    train-split frequency, mass and energy that the masking sets are chosen on. Without it every
-    latent counts as live (e.g. SAEs brought from elsewhere without their data).
+    The train split the SAEs were trained on decides which latents are dead (never active on
+    its first ``train_tokens`` rows; None: all) and gives the per-feature train-split frequency,
+    mass and energy that the masking sets are chosen on: ``train_cache`` (scanned here) or
+    ``train_scans``, each seed's :class:`~.evaluation.FeatureScan` of it (the workflow's rule
+    scan_features). Without either every latent counts as live (e.g. SAEs brought from
+    elsewhere without their data).
     """
+    if train_cache is not None and train_scans is not None:
+        raise ValueError("give train_cache or train_scans, not both")
     rng = np.random.default_rng(seed)
     dirs = seed_dirs(group_dirs)
     if train_cache is not None and not isinstance(train_cache, ActivationCache):
         train_cache = ActivationCache.open(train_cache)
-    dirs_np, evals = _load(dirs, device, train_cache, train_tokens)
+    dirs_np, evals = _load(dirs, device, train_cache, train_tokens, train_scans)
+    has_train = train_cache is not None or train_scans is not None
     S, m, d = dirs_np.shape
     log.info("census of %d SAEs x %d features", S, m)
     maxcos, argmax = matching.pairwise_max_cosine(list(dirs_np), chunk_size=chunk_size,
@@ -345,7 +365,7 @@ def run_census(group_dirs: Sequence[str | Path], *, theta: float = 0.7, eps: flo
                                             activation_mass=mass)
     seeds = [int(_SEED_DIR.match(p.name).group(1)) for p in dirs]  # type: ignore[union-attr]
     table.insert(1, "seed", np.asarray(seeds)[table["anchor"].to_numpy()])
-    if train_cache is not None:
+    if has_train:
         for key in ("train_frequency", "train_mass", "train_energy"):
             table[key] = np.concatenate([e[key] for e in evals])
         live = np.stack([e["train_frequency"] > 0 for e in evals])

@@ -12,10 +12,17 @@ Summary scalars (all accumulated in float64 over the evaluated tokens):
 Per-feature arrays: ``frequency`` ``P(f_j > 0)``, ``mass`` ``sum_t f_j(x_t) * ||d_j||`` and
 ``energy`` ``sum_t f_j(x_t)^2 * ||d_j||^2`` (the squared norm of the feature's reconstruction
 contribution: what zeroing it removes from the reconstruction).
+
+All of it comes from one pass, :func:`scan_sae`, which can also keep the rows of each feature's
+strongest activations (the surface statistics' input): a :class:`FeatureScan`, saved for all seeds
+of a configuration by :func:`write_scans` so that the census and the surface statistics share
+one pass over the train split.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +42,54 @@ SCALARS_FILE = "eval.json"
 FEATURES_FILE = "eval_features.parquet"
 
 
-@torch.no_grad()
-def evaluate_sae(sae: SAE, cache: ActivationCache | str | Path, batch_size: int = 4096,
-                 device: str | torch.device = "cpu", dense_threshold: float = 0.1,
-                 max_tokens: int | None = None) -> dict[str, Any]:
-    """Reconstruction and sparsity statistics of ``sae`` on ``cache`` (first ``max_tokens`` rows).
+@dataclass
+class FeatureScan:
+    """One pass of an SAE over (the first ``n_tokens`` rows of) a cache."""
 
-    Returns a dict of summary scalars plus ``"frequency"``, ``"mass"`` and ``"energy"`` (numpy
-    arrays of length d_sae). The SAE is moved to ``device`` (in place, as ``Module.to`` does).
-    """
+    n_tokens: int
+    sse: float  # sum over tokens of ||x - x_hat||^2
+    centered: float  # sum over tokens of ||x - x_bar||^2
+    count: np.ndarray  # (m,) int64: tokens where the feature fires
+    total: np.ndarray  # (m,) float64: sum of its activations
+    total_sq: np.ndarray  # (m,) float64: sum of their squares
+    max: np.ndarray  # (m,) float32
+    dec_norm: np.ndarray  # (m,) float64: ||d_j||
+    top_values: np.ndarray  # (K, m) float32 descending; 0 where it fired fewer than K times
+    top_rows: np.ndarray  # (K, m) int64: their cache rows (ties: lower row first); 0 if none
+
+    @property
+    def mass(self) -> np.ndarray:
+        return self.total * self.dec_norm
+
+    @property
+    def energy(self) -> np.ndarray:
+        return self.total_sq * self.dec_norm**2
+
+    def evaluation(self, dense_threshold: float = 0.1) -> dict[str, Any]:
+        """The summary scalars and per-feature arrays of :func:`evaluate_sae`."""
+        n = self.n_tokens
+        freq = self.count / n
+        return {
+            "n_tokens": n,
+            "ev": 1.0 - self.sse / self.centered if self.centered > 0 else float("nan"),
+            "mse": self.sse / n,
+            "l0": float(self.count.sum()) / n,
+            "dead_fraction": float(np.mean(self.count == 0)),
+            "dense_fraction": float(np.mean(freq > dense_threshold)),
+            "dense_threshold": dense_threshold,
+            "frequency": freq,
+            "mass": self.mass,
+            "energy": self.energy,
+        }
+
+
+@torch.no_grad()
+def scan_sae(sae: SAE, cache: ActivationCache | str | Path, *, top_k: int = 0,
+             batch_size: int = 4096, device: str | torch.device = "cpu",
+             max_tokens: int | None = None) -> FeatureScan:
+    """One pass of ``sae`` over ``cache`` (first ``max_tokens`` rows): the reconstruction error,
+    per-feature sums and maxima and, with ``top_k``, the rows of each feature's ``top_k``
+    largest activations. The SAE is moved to ``device`` (in place, as ``Module.to`` does)."""
     cache = cache if isinstance(cache, ActivationCache) else ActivationCache.open(cache)
     if cache.d != sae.cfg.d_in:
         raise io.InputError(f"{cache.path}: activations have d={cache.d}, the SAE expects "
@@ -54,15 +100,17 @@ def evaluate_sae(sae: SAE, cache: ActivationCache | str | Path, batch_size: int 
     if n <= 0:
         raise io.InputError(f"{cache.path}: no tokens to evaluate")
     m, d = sae.cfg.d_sae, sae.cfg.d_in
-    dec_norm = sae.W_dec.detach().double().norm(dim=1)
     sse = torch.zeros((), dtype=torch.float64, device=device)
     s1 = torch.zeros(d, dtype=torch.float64, device=device)
     s2 = torch.zeros((), dtype=torch.float64, device=device)
-    counts = torch.zeros(m, dtype=torch.int64, device=device)
-    f_sum = torch.zeros(m, dtype=torch.float64, device=device)
-    f_sq = torch.zeros(m, dtype=torch.float64, device=device)
+    count = np.zeros(m, dtype=np.int64)
+    total = np.zeros(m, dtype=np.float64)
+    total_sq = np.zeros(m, dtype=np.float64)
+    vmax = np.zeros(m, dtype=np.float32)
+    k = min(top_k, n)
+    top = _TopRows(m, k)
     starts = range(0, n, batch_size)
-    for start in progress(starts, total=len(starts), desc="evaluate", unit="batch"):
+    for start in progress(starts, total=len(starts), desc="scan", unit="batch"):
         x = torch.from_numpy(cache.load(start, min(start + batch_size, n))).to(device)
         # The code as CSR: decoding and the per-feature sums touch the active entries only.
         # Sums in float64: with the reconstruction error in float32, the census summaries of a
@@ -72,29 +120,106 @@ def evaluate_sae(sae: SAE, cache: ActivationCache | str | Path, batch_size: int 
         sse += (x64 - sae.decode(code).double()).pow_(2).sum()
         s1 += x64.sum(0)
         s2 += x64.pow(2).sum()
-        col, val = code.col_indices(), code.values().double()
-        counts += torch.bincount(col[val > 0], minlength=m)
-        f_sum += torch.bincount(col, weights=val, minlength=m)
-        f_sq += torch.bincount(col, weights=val * val, minlength=m)
-    mass = f_sum * dec_norm
-    energy = f_sq * dec_norm.pow(2)
-    l0 = counts.sum().double()
-    centered = float(s2 - s1.pow(2).sum() / n)
-    freq = (counts.double() / n).cpu().numpy()
-    out: dict[str, Any] = {
-        "n_tokens": n,
-        "ev": 1.0 - float(sse) / centered if centered > 0 else float("nan"),
-        "mse": float(sse) / n,
-        "l0": float(l0) / n,
-        "dead_fraction": float((counts == 0).double().mean()),
-        "dense_fraction": float((torch.from_numpy(freq) > dense_threshold).double().mean()),
-        "dense_threshold": dense_threshold,
-        "frequency": freq,
-        "mass": mass.cpu().numpy(),
-        "energy": energy.cpu().numpy(),
-    }
+        crow = code.crow_indices().cpu().numpy()
+        col = code.col_indices().cpu().numpy()
+        val = code.values().float().cpu().numpy()
+        on = val > 0  # the CSR code may hold explicit zeros
+        row = np.repeat(np.arange(len(crow) - 1), np.diff(crow))[on] + start
+        col, val = col[on], val[on]
+        count += np.bincount(col, minlength=m)
+        total += np.bincount(col, weights=val, minlength=m)
+        total_sq += np.bincount(col, weights=np.square(val, dtype=np.float64), minlength=m)
+        np.maximum.at(vmax, col, val)
+        if k:
+            top.add(row, col, val)
+    return FeatureScan(
+        n_tokens=n, sse=float(sse), centered=float(s2 - s1.pow(2).sum() / n), count=count,
+        total=total, total_sq=total_sq, max=vmax,
+        dec_norm=sae.W_dec.detach().double().norm(dim=1).cpu().numpy(),
+        top_values=np.ascontiguousarray(top.values.T), top_rows=np.ascontiguousarray(top.rows.T))
+
+
+class _TopRows:
+    """The running ``k`` largest activations of each of ``m`` features and their rows, by
+    decreasing value and then increasing row (feature-major)."""
+
+    def __init__(self, m: int, k: int):
+        self.m, self.k = m, k
+        self.values = np.zeros((m, k), dtype=np.float32)
+        self.rows = np.zeros((m, k), dtype=np.int64)
+
+    def add(self, row: np.ndarray, col: np.ndarray, val: np.ndarray) -> None:
+        """Merge a batch's active entries (rows increasing across calls)."""
+        m, k = self.m, self.k
+        # the batch's top-k of each feature: entries by feature, then value, then row
+        order = np.lexsort((row, -val, col))
+        col, val, row = col[order], val[order], row[order]
+        first = np.concatenate([[0], np.cumsum(np.bincount(col, minlength=m))[:-1]])
+        rank = np.arange(len(col)) - first[col]
+        keep = rank < k
+        batch_v = np.zeros((m, k), dtype=np.float32)
+        batch_r = np.zeros((m, k), dtype=np.int64)
+        batch_v[col[keep], rank[keep]] = val[keep]
+        batch_r[col[keep], rank[keep]] = row[keep]
+        # the running top-k holds earlier rows, so a stable sort keeps ties row-ordered
+        cand_v = np.concatenate([self.values, batch_v], axis=1)
+        cand_r = np.concatenate([self.rows, batch_r], axis=1)
+        pick = np.argsort(-cand_v, axis=1, kind="stable")[:, :k]
+        self.values = np.take_along_axis(cand_v, pick, axis=1)
+        self.rows = np.take_along_axis(cand_r, pick, axis=1)
+
+
+def evaluate_sae(sae: SAE, cache: ActivationCache | str | Path, batch_size: int = 4096,
+                 device: str | torch.device = "cpu", dense_threshold: float = 0.1,
+                 max_tokens: int | None = None) -> dict[str, Any]:
+    """Reconstruction and sparsity statistics of ``sae`` on ``cache`` (first ``max_tokens`` rows).
+
+    Returns a dict of summary scalars plus ``"frequency"``, ``"mass"`` and ``"energy"`` (numpy
+    arrays of length d_sae). The SAE is moved to ``device`` (in place, as ``Module.to`` does).
+    """
+    out = scan_sae(sae, cache, batch_size=batch_size, device=device,
+                   max_tokens=max_tokens).evaluation(dense_threshold)
     log.info("EV %.4f  MSE %.4g  L0 %.1f  dead %.3f  dense %.3f on %d tokens", out["ev"],
-             out["mse"], out["l0"], out["dead_fraction"], out["dense_fraction"], n)
+             out["mse"], out["l0"], out["dead_fraction"], out["dense_fraction"],
+             out["n_tokens"])
+    return out
+
+
+def write_scans(scans: Mapping[int, FeatureScan], path: str | Path) -> Path:
+    """Save the scans of several seeds (``{seed: scan}``, one shape) to one ``.npz``
+    atomically."""
+    seeds = sorted(scans)
+    arrays = {"seeds": np.asarray(seeds, dtype=np.int64)}
+    for f in fields(FeatureScan):
+        arrays[f.name] = np.stack([np.asarray(getattr(scans[s], f.name)) for s in seeds])
+    path = Path(path)
+    with io.atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+            np.savez(fh, **arrays)
+    return path
+
+
+def read_scans(path: str | Path) -> dict[int, FeatureScan]:
+    """What :func:`write_scans` saved, as ``{seed: scan}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise io.InputError(f"{path}: expected the feature scans of a configuration "
+                            "(rule scan_features)")
+    with np.load(path) as z:
+        missing = [f.name for f in fields(FeatureScan) if f.name not in z] + (
+            [] if "seeds" in z else ["seeds"])
+        if missing:
+            raise io.InputError(f"{path}: not a feature-scan file (missing {missing}); "
+                                "rerun rule scan_features")
+        data = {k: z[k] for k in z.files}
+    out = {}
+    for i, s in enumerate(data["seeds"].tolist()):
+        kw = {f.name: data[f.name][i] for f in fields(FeatureScan)}
+        for name in ("n_tokens",):
+            kw[name] = int(kw[name])
+        for name in ("sse", "centered"):
+            kw[name] = float(kw[name])
+        out[int(s)] = FeatureScan(**kw)
     return out
 
 

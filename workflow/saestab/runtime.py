@@ -45,7 +45,6 @@ RUNTIME_KEYS: tuple[str, ...] = (
     "stability.chunk_size",
     "function.masking.batch_size",
     "function.masking.ce_batch_size",
-    "function.surface.batch_size",
 )
 
 

@@ -21,6 +21,7 @@ anchor's live stable and unstable features, which must give a ratio near 1 and a
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -32,81 +33,18 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from . import resampling
+from . import io, resampling
 from .activations import ActivationCache
-from .logs import get_logger, progress
+from .evaluation import FeatureScan, scan_sae
+from .logs import get_logger
 from .models import Tokenizer
-from .sae import SAE, load_sae
+from .sae import load_sae
 from .stability import mean_interval
 
 log = get_logger("surface")
 
 METRICS = ("frequency", "mean_activation", "max_activation", "mass", "top_token_share",
            "token_entropy", "punct_share", "whitespace_share", "digit_share")
-
-
-@dataclass
-class FeatureActivations:
-    """Per-feature sums over a cache and the rows of each feature's strongest activations."""
-
-    n_tokens: int
-    count: np.ndarray  # (m,) tokens where the feature fires
-    total: np.ndarray  # (m,) sum of activations
-    max: np.ndarray  # (m,)
-    mass: np.ndarray  # (m,) total * ||d_j||
-    top_values: np.ndarray  # (K, m) descending; 0 where the feature fired fewer than K times
-    top_rows: np.ndarray  # (K, m) their cache rows (ties: lower row first); 0 where no activation
-
-
-@torch.no_grad()
-def scan_activations(sae: SAE, cache: ActivationCache, top_k: int = 64, batch_size: int = 4096,
-                     device: str | torch.device = "cpu",
-                     max_tokens: int | None = None) -> FeatureActivations:
-    """One pass over ``cache``: counts, sums, maxima and the top-``top_k`` rows per feature."""
-    device = torch.device(device)
-    sae = sae.to(device).eval()
-    n = cache.n_tokens if max_tokens is None else min(max_tokens, cache.n_tokens)
-    m = sae.cfg.d_sae
-    count = np.zeros(m, dtype=np.int64)
-    total = np.zeros(m, dtype=np.float64)
-    vmax = np.zeros(m, dtype=np.float32)
-    k = min(top_k, n)
-    # the running top-k per feature, feature-major, by decreasing value and then increasing row
-    top_v = np.zeros((m, k), dtype=np.float32)
-    top_r = np.zeros((m, k), dtype=np.int64)
-    starts = range(0, n, batch_size)
-    for start in progress(starts, total=len(starts), desc="feature activations", unit="batch"):
-        x = torch.from_numpy(cache.load(start, min(start + batch_size, n))).to(device)
-        code = sae.encode_sparse(x)  # CSR: only the active entries are touched below
-        crow = code.crow_indices().cpu().numpy()
-        col = code.col_indices().cpu().numpy()
-        val = code.values().float().cpu().numpy()
-        row = np.repeat(np.arange(len(crow) - 1), np.diff(crow)) + start
-        on = val > 0
-        row, col, val = row[on], col[on], val[on]
-        count += np.bincount(col, minlength=m)
-        total += np.bincount(col, weights=val, minlength=m)  # float64 sums
-        np.maximum.at(vmax, col, val)
-        # this batch's top-k of each feature: entries by feature, then value, then row
-        order = np.lexsort((row, -val, col))
-        col, val, row = col[order], val[order], row[order]
-        first = np.concatenate([[0], np.cumsum(np.bincount(col, minlength=m))[:-1]])
-        rank = np.arange(len(col)) - first[col]
-        keep = rank < k
-        batch_v = np.zeros((m, k), dtype=np.float32)
-        batch_r = np.zeros((m, k), dtype=np.int64)
-        batch_v[col[keep], rank[keep]] = val[keep]
-        batch_r[col[keep], rank[keep]] = row[keep]
-        # merge: the running top-k holds earlier rows, so a stable sort keeps ties row-ordered
-        cand_v = np.concatenate([top_v, batch_v], axis=1)
-        cand_r = np.concatenate([top_r, batch_r], axis=1)
-        pick = np.argsort(-cand_v, axis=1, kind="stable")[:, :k]
-        top_v = np.take_along_axis(cand_v, pick, axis=1)
-        top_r = np.take_along_axis(cand_r, pick, axis=1)
-    norms = sae.W_dec.detach().double().norm(dim=1).cpu().numpy()
-    return FeatureActivations(
-        n_tokens=n, count=count, total=total, max=vmax, mass=total * norms,
-        top_values=np.ascontiguousarray(top_v.T), top_rows=np.ascontiguousarray(top_r.T))
 
 
 # ------------------------------------------------------------------------------------------
@@ -139,7 +77,7 @@ class TokenInfo:
         return {k: v.reshape(np.shape(ids)) for k, v in out.items()}
 
 
-def feature_table(acts: FeatureActivations, token_ids: np.ndarray, tokens: TokenInfo,
+def feature_table(acts: FeatureScan, token_ids: np.ndarray, tokens: TokenInfo,
                   single_token_share: float = 0.5) -> pd.DataFrame:
     """Per-feature activation statistics and surface-form measures (see module docstring)."""
     m = acts.count.size
@@ -341,7 +279,7 @@ def sample_features(table: pd.DataFrame, n_per_label: int, rng: np.random.Genera
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
 
-def top_contexts(acts: FeatureActivations, features: Sequence[int], cache: ActivationCache,
+def top_contexts(acts: FeatureScan, features: Sequence[int], cache: ActivationCache,
                  tokenizer: Tokenizer, n_contexts: int = 10, left: int = 12,
                  right: int = 4) -> pd.DataFrame:
     """The strongest activations of ``features`` with decoded text around the current token:
@@ -416,15 +354,33 @@ class SurfaceResult:
     summary: dict[str, Any]
 
 
+def _scan_of(scans: Mapping[int, FeatureScan], seed: int, top_k: int) -> FeatureScan:
+    """Seed ``seed``'s scan with its top rows cut to ``top_k``."""
+    if seed not in scans:
+        raise io.InputError(f"no feature scan for anchor seed {seed} (have {sorted(scans)})")
+    scan = scans[seed]
+    if scan.top_values.shape[0] < min(top_k, scan.n_tokens):
+        raise io.InputError(f"the feature scan of seed {seed} kept {scan.top_values.shape[0]} "
+                            f"top rows per feature, fewer than top_k = {top_k}: rerun rule "
+                            "scan_features")
+    return dataclasses.replace(scan, top_values=scan.top_values[:top_k],
+                               top_rows=scan.top_rows[:top_k])
+
+
 def run_surface(seed_dirs: Mapping[int, Any], census: pd.DataFrame, cache: ActivationCache,
                 tokenizer: Tokenizer, *, anchors: Sequence[int], top_k: int = 64,
                 single_token_share: float = 0.5, n_bins: int = 6, n_browse: int = 16,
                 n_contexts: int = 10, seed: int = 0, batch_size: int = 4096,
-                device: str | torch.device = "cpu", split: str = "train") -> SurfaceResult:
+                device: str | torch.device = "cpu", split: str = "train",
+                scans: Mapping[int, FeatureScan] | None = None) -> SurfaceResult:
     """Activation and token statistics of every anchor SAE of one configuration, compared by
     stability label over the live features (``split`` names the cache's split, see
     :func:`live_features`); top contexts of ``n_browse`` random stable and unstable features
-    each; the C4 block with its shuffled-label null (seeded by ``seed``)."""
+    each; the C4 block with its shuffled-label null (seeded by ``seed``).
+
+    Each anchor's statistics come from ``scans`` (its :class:`~.evaluation.FeatureScan` of
+    ``cache``, keeping at least ``top_k`` rows per feature) or, without them, from a scan of the
+    SAE saved in ``seed_dirs``."""
     rng = np.random.default_rng(seed)
     null_rng = np.random.default_rng([seed, 1])
     token_ids = np.asarray(cache.token_ids())
@@ -432,10 +388,12 @@ def run_surface(seed_dirs: Mapping[int, Any], census: pd.DataFrame, cache: Activ
     tables, comps, ctxs, per_anchor, null_rows = [], [], [], [], []
     for s in anchors:
         lab = census[census["seed"] == s].sort_values("feature")
-        sae = load_sae(seed_dirs[s], device=device)
-        if len(lab) != sae.cfg.d_sae:
-            raise ValueError(f"census rows for seed {s}: {len(lab)}, SAE has {sae.cfg.d_sae}")
-        acts = scan_activations(sae, cache, top_k=top_k, batch_size=batch_size, device=device)
+        acts = (_scan_of(scans, s, top_k) if scans is not None else
+                scan_sae(load_sae(seed_dirs[s], device=device), cache, top_k=top_k,
+                         batch_size=batch_size, device=device))
+        if len(lab) != acts.count.size:
+            raise ValueError(f"census rows for seed {s}: {len(lab)}, SAE has "
+                             f"{acts.count.size} features")
         t = feature_table(acts, token_ids, tokens, single_token_share)
         t.insert(0, "seed", s)
         t.insert(2, "label", lab["label"].astype(str).to_numpy())

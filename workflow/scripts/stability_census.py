@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
-from saestab import census, logs, runtime
+from saestab import census, evaluation, logs, runtime
 
 sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
@@ -15,8 +15,7 @@ c = census.run_census(sm.input.groups, theta=cfg["theta"], eps=cfg["eps"], theta
                       epss=cfg["epss"], n_draws=cfg["n_draws"],
                       hungarian_pairs=cfg["hungarian_pairs"], seed=cfg["seed"], device=device,
                       chunk_size=runtime.setting(sm.config, "stability.chunk_size"),
-                      train_cache=sm.input.train,
-                      train_tokens=cfg["train_tokens"],
+                      train_scans=evaluation.read_scans(sm.input.train_scan),
                       convergence_threshold=cfg["convergence_threshold"])
 census.write_census(c, Path(sm.output.summary).parent)
 s = c.summary

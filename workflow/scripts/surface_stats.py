@@ -11,24 +11,22 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the saestab library  # noqa: F821
-from saestab import census, io, logs, models, runtime, stability, surface
+from saestab import evaluation, io, logs, models, runtime, stability, surface
 from saestab.activations import ActivationCache
 
 sm = snakemake  # noqa: F821
 log = logs.setup(sm.log[0])
 runtime.set_threads(sm.threads)
-device = runtime.job_device(sm.config)
 cfg = sm.params.cfg
-seeds = census.seed_map(sm.input.groups)
+scans = evaluation.read_scans(sm.input.scan)  # every seed's pass over the split (scan_features)
 model_dir = models.fetched_dir(sm.input.model)
 tokenizer = models.load_tokenizer(sm.params.spec, model_dir)
 res = surface.run_surface(
-    seeds, stability.read_table(sm.input.features), ActivationCache.open(sm.input.cache),
-    tokenizer, anchors=sorted(seeds)[: cfg["n_anchors"]], top_k=cfg["top_k"],
+    {}, stability.read_table(sm.input.features), ActivationCache.open(sm.input.cache),
+    tokenizer, anchors=sorted(scans)[: cfg["n_anchors"]], top_k=cfg["top_k"],
     single_token_share=cfg["single_token_share"], n_bins=cfg["frequency_bins"],
     n_browse=cfg["browse_features"], n_contexts=cfg["browse_contexts"], seed=sm.params.seed,
-    batch_size=runtime.setting(sm.config, "function.surface.batch_size"), device=device,
-    split=cfg["split"])
+    split=cfg["split"], scans=scans)
 res.summary["split"] = cfg["split"]
 stability.write_table(res.features, sm.output.features)
 stability.write_table(res.comparison, sm.output.comparison)
