@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from saestab.activations import ActivationCache, write_cache
 from saestab import io
+from saestab.activations import ActivationCache, write_cache
 from saestab.evaluation import (
     evaluate_sae,
     read_evaluation,
