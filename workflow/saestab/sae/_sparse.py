@@ -1,9 +1,11 @@
-"""CSR matmuls through the active latents only: the CPU training path of the TopK family.
+"""CSR matmuls through the active latents only: the CPU training path of the TopK family, and
+of ReLU+L1 once its code is sparse.
 
 On a CPU a dense (B, m) code costs a full matmul although only k of m latents are active; these
 autograd functions decode through the active rows and back-propagate into the encoder through
-the selected pre-activations only. Every seed of a stack keeps the same number of active
-entries per step, so values are (S, nnz) and each seed has its own :class:`Pattern`; the seeds
+the selected pre-activations only. Every seed of a stack has the same number of entries per
+step (a ReLU code is padded to it, :func:`positive_entries`), so values are (S, nnz) and each
+seed has its own :class:`Pattern`; the seeds
 are processed in a loop inside the functions and their gradients written into stacked tensors.
 
 The main loss's backward runs as one compiled pass per latent on a CPU (:mod:`._kernels`);
@@ -217,7 +219,7 @@ class SparseCodeError(torch.autograd.Function):
                  g_vals: torch.Tensor | None) -> tuple[Any, ...]:
         vals, xin, w_enc, w_dec, r = ctx.saved_tensors
         patterns = ctx.patterns
-        g2 = 2.0 * g if g is not None else torch.zeros(r.shape[:2], dtype=r.dtype)
+        g2 = 2.0 * g if g is not None else r.new_zeros(r.shape[:2])
         if g_vals is None:
             g_vals = torch.zeros_like(vals)
         if _use_kernels(vals, xin, w_dec, r):
