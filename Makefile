@@ -56,6 +56,7 @@ bench: $(STAMP) $(SAELENS_VENV)/.installed
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/cache_throughput.py
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/train_throughput.py
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/parallel_jobs.py
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/relu_sparse.py
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/stability_scaling.py --quick
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/stability_scaling.py --compare-kernels --compare-blocking
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/variant_l0.py

@@ -8,14 +8,15 @@ root, or passwordless sudo, under which the script re-runs itself), writes a mun
 and gres.conf (two stand-in GPUs) into a temporary directory (no systemd, no system files touched),
 starts munged, slurmctld and slurmd in the foreground as children of this process, and runs
 tests/config.yaml cut to one SAE variant per weights (tokens, two caches, four training jobs, two
-censuses: 9 SLURM jobs, plus the localrules extract_corpus and table1) twice: through the cluster
-(`snakemake --profile slurm --cores 1` from the repository root, GPU requests switched on for the
-caching and training rules as `device: cuda` would) and locally (`--cores 2 --max-threads 1`). It
-checks the cluster's record of every job (state, memory, GPUs, GPU jobs side by side) and compares
-activation caches, SAE weights and census tables: both runs give every job one thread, so the float
-reductions are the same and the outputs must be bit-identical (census summaries: equal, their float
-sums to 1e-12 relative). Every daemon it started is stopped by its PID on exit, also on failure or
-SIGINT/SIGTERM (and gets SIGTERM from the kernel should this script be killed outright).
+train-split scans, two censuses: 11 SLURM jobs, plus the localrules extract_corpus and table1)
+twice: through the cluster (`snakemake --profile slurm --cores 1` from the repository root, GPU
+requests switched on for the caching and training rules as `device: cuda` would) and locally
+(`--cores 2 --max-threads 1`). It checks the cluster's record of every job (state, memory, GPUs,
+GPU jobs side by side) and compares activation caches, SAE weights and census tables: both runs
+give every job one thread, so the float reductions are the same and the outputs must be
+bit-identical (census summaries: equal, their float sums to 1e-12 relative). Every daemon it
+started is stopped by its PID on exit, also on failure or SIGINT/SIGTERM (and gets SIGTERM from the
+kernel should this script be killed outright).
 """
 
 from __future__ import annotations
@@ -378,7 +379,7 @@ def _same_tensors(load_file: Callable) -> Callable[[Path, Path], bool]:
 
 GPU_RULES = ("cache_activations", "train_saes")  # gpu=gpu_request() in the rules
 GPU_REQUESTS = [f"{r}:gpu=1" for r in GPU_RULES]
-SLURM_RULES = ("tokenize", *GPU_RULES, "stability_census")  # extract_corpus is local (hub)
+SLURM_RULES = ("tokenize", *GPU_RULES, "scan_features", "stability_census")  # extract_corpus: local
 
 
 def rule_of(job: dict[str, str]) -> str:
@@ -409,7 +410,7 @@ def check_jobs(jobs: list[dict[str, str]]) -> None:
         raise AssertionError(f"rules run through SLURM: {sorted(rules)}, expected "
                              f"{sorted(SLURM_RULES)} (extract_corpus and table1 are localrules)")
     for j in jobs:
-        mem = "8000M" if rule_of(j) in (*GPU_RULES, "stability_census") else "4000M"
+        mem = "8000M" if rule_of(j) in SLURM_RULES[1:] else "4000M"  # tokenize: the default
         want = 1 if rule_of(j) in GPU_RULES else 0
         if j["MinMemoryNode"] != mem or requested_gpus(j) != want:
             raise AssertionError(f"job {j['JobId']} ({rule_of(j)}): mem {j['MinMemoryNode']}, "
@@ -421,7 +422,7 @@ def check_jobs(jobs: list[dict[str, str]]) -> None:
 
 
 def study_config(path: Path) -> list[str]:
-    """tests/config.yaml cut to one SAE variant on each weights (9 SLURM jobs instead of ~20)
+    """tests/config.yaml cut to one SAE variant on each weights (11 SLURM jobs instead of ~25)
     written to ``path``; returns the targets both runs build."""
     import yaml
 
