@@ -215,10 +215,8 @@ def read_scans(path: str | Path) -> dict[int, FeatureScan]:
     out = {}
     for i, s in enumerate(data["seeds"].tolist()):
         kw = {f.name: data[f.name][i] for f in fields(FeatureScan)}
-        for name in ("n_tokens",):
-            kw[name] = int(kw[name])
-        for name in ("sse", "centered"):
-            kw[name] = float(kw[name])
+        kw.update(n_tokens=int(kw["n_tokens"]), sse=float(kw["sse"]),
+                  centered=float(kw["centered"]))
         out[int(s)] = FeatureScan(**kw)
     return out
 

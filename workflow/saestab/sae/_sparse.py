@@ -68,6 +68,14 @@ def positive_entries(pre: torch.Tensor) -> tuple[list[Pattern], torch.Tensor]:
     return patterns, torch.stack(values)
 
 
+def fired_latents(patterns: Sequence[Pattern], vals: torch.Tensor, m: int) -> torch.Tensor:
+    """(S, m) bool: the latents with a positive value (S, nnz) somewhere in the batch."""
+    fired = torch.zeros(len(patterns), m, dtype=vals.dtype, device=vals.device)
+    for i, p in enumerate(patterns):
+        fired[i].index_add_(0, p.col, (vals[i] > 0).to(vals.dtype))
+    return fired > 0
+
+
 def _stable_argsort(col: torch.Tensor, n_cols: int) -> torch.Tensor:
     """``argsort(col, stable=True)``; on a CPU numpy's radix sort of 16-bit keys where the
     columns fit (7x faster than torch's merge sort on a step's 16k positions)."""
@@ -86,7 +94,8 @@ def csr_code(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
 
 
 def dense_to_csr(f: torch.Tensor) -> torch.Tensor:
-    """The nonzero entries of a dense (B, m) code as a CSR tensor."""
+    """The nonzero entries of a dense (B, m) code as a CSR tensor (``Tensor.to_sparse_csr``
+    took twice as long on a (4096, 1152) code on a CPU)."""
     row, col = f.nonzero(as_tuple=True)
     crow = torch.zeros(f.shape[0] + 1, dtype=torch.int64, device=f.device)
     crow[1:] = torch.bincount(row, minlength=f.shape[0]).cumsum(0)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ._sparse import positive_entries, sparse_code_error
+from ._sparse import fired_latents, positive_entries, sparse_code_error
 from .architecture import Penalised, StepOut, register
 
 if TYPE_CHECKING:
@@ -68,9 +68,7 @@ class ReLU(Penalised):
         one compiled backward pass, :func:`._sparse.sparse_code_error`) once the code is
         sparse: the decision reads the L0 the seeds had on the last batches, a buffer, so a
         resumed run decides the same."""
-        l0 = self.l0_ema
-        if not (self.sparse and not bool(torch.isnan(l0).any())
-                and float(l0.max()) <= self.SPARSE_MAX_L0_SHARE * self.cfg.d_sae):
+        if not self._sparse_pays():
             return super().training_loss(x, step)
         with torch.no_grad():
             xin = x.unsqueeze(0) - self.b_dec.unsqueeze(1)
@@ -82,14 +80,16 @@ class ReLU(Penalised):
         l1 = torch.stack([(vals[i] * norms[i][p.col]).sum()
                           for i, p in enumerate(patterns)]) / x.shape[0]
         aux = self.sparsity_coefficient(step) * l1
-        with torch.no_grad():
-            active = vals > 0
-            fired = torch.zeros(self.since_fired.shape, dtype=vals.dtype, device=vals.device)
-            for i, p in enumerate(patterns):
-                fired[i].index_add_(0, p.col, active[i].to(vals.dtype))
+        vals = vals.detach()
         return StepOut(loss=(err.mean(-1) + aux).sum(), sse=err.detach().sum(-1),
-                       l0=active.sum(1).to(x.dtype) / x.shape[0], aux=aux.detach(),
-                       fired=fired > 0)
+                       l0=(vals > 0).sum(1).to(x.dtype) / x.shape[0], aux=aux.detach(),
+                       fired=fired_latents(patterns, vals, self.cfg.d_sae))
+
+    def _sparse_pays(self) -> bool:
+        """Sparse path on, and every seed's recent L0 known and at most the share."""
+        l0 = self.l0_ema
+        return (self.sparse and not bool(torch.isnan(l0).any())
+                and float(l0.max()) <= self.SPARSE_MAX_L0_SHARE * self.cfg.d_sae)
 
     @classmethod
     def infer(cls, pre: torch.Tensor, sae: SAE) -> torch.Tensor:

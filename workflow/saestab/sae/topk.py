@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._sparse import Pattern, csr_code, sparse_code_error, top_indices
+from ._sparse import Pattern, csr_code, fired_latents, sparse_code_error, top_indices
 from .architecture import Architecture, StepOut, register
 
 if TYPE_CHECKING:
@@ -107,10 +107,7 @@ class TopKFamily(Architecture):
                                          self.W_dec, patterns)
         vals = vals.detach()  # bookkeeping only: the loss is the error
         active = vals > 0
-        fired = torch.zeros(self.since_fired.shape, dtype=vals.dtype, device=vals.device)
-        for i, p in enumerate(patterns):
-            fired[i].index_add_(0, p.col, active[i].to(vals.dtype))
-        fired = fired > 0
+        fired = fired_latents(patterns, vals, pre.shape[2])
         min_kept = torch.where(active, vals, torch.inf).amin(1).double()
         return _Code(pre=pre, x_hat=None, main=err.mean(-1), sse=err.detach().sum(-1),
                      fired=fired, min_kept=min_kept,
