@@ -5,6 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
+# Two pytest workers (pytest-xdist), each running one test file at a time, the longest files
+# first (tests/conftest.py): the workflow and SLURM tests wait on snakemake and the cluster much
+# of the time, and the unit tests run beside them. PYTEST_PARALLEL= runs them one after another.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: run test test-fast lint dag bench gallery clean-venv
 
@@ -25,10 +29,10 @@ run: $(STAMP)
 ## SLURM cluster started on localhost: tests/slurm/run.py, which installs slurm-wlm and munge
 ## with apt-get where missing and skips, saying why, without root or passwordless sudo)
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not workflow and not slurm"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow and not workflow and not slurm"
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -66,3 +67,29 @@ def corpus_dir(tmp_path: Path) -> Path:
     for i, text in enumerate(synthetic_documents()):
         (d / f"doc{i:03d}.txt").write_text(text)
     return d
+
+
+# `make test` runs two pytest workers (pytest-xdist), one test file at a time each, files in
+# collection order (--no-loadscope-reorder). The two long files go first, one to each worker:
+# the workflow's end-to-end run and the SLURM cluster's (about 5 and 3 minutes alone); the unit
+# tests fill in beside them.
+LONGEST_FIRST = ("tests/test_workflow.py", "tests/slurm/test_slurm.py")
+REPORT_SECTION = "slurm-test"  # see tests/slurm/test_slurm.py
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: file order otherwise kept
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The SLURM test's own log (the cluster's jobs, their resources, the comparison), shown at
+    the end also when it passed: a worker's output reaches the terminal only this way."""
+    for report in terminalreporter.stats.get("passed", []):
+        for name, text in report.sections:
+            if REPORT_SECTION in name:
+                terminalreporter.write_sep("-", f"{report.nodeid}: its log")
+                terminalreporter.write(text)

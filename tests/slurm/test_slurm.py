@@ -1,7 +1,8 @@
 """The workflow on a real one-node SLURM cluster (tests/slurm/run.py), outputs against a local run.
 
-The script's own lines are shown as it runs (not captured), so that the test log records the
-cluster's jobs, their resources and the comparison with the local run.
+The script's lines are shown at the end of the test session, also when it passes, so that the test
+log records the cluster's jobs, their resources and the comparison with the local run (to see them
+as it runs: ``python tests/slurm/run.py``).
 """
 
 from __future__ import annotations
@@ -12,22 +13,21 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import REPORT_SECTION
+
 pytestmark = pytest.mark.slurm
 RUN = Path(__file__).resolve().parent / "run.py"
 SKIP = 77
 
 
-def test_workflow_on_slurm_matches_local_run(capsys):
+def test_workflow_on_slurm_matches_local_run(request):
     proc = subprocess.Popen([sys.executable, str(RUN)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    lines = []
-    with capsys.disabled():
-        print()
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            print(line, end="", flush=True)
+    assert proc.stdout is not None
+    lines = list(proc.stdout)
     rc = proc.wait(timeout=60)
+    # shown at the end of the session by tests/conftest.py's pytest_terminal_summary
+    request.node.add_report_section("call", REPORT_SECTION, "".join(lines))
     if rc == SKIP:
         reason = next((ln.split("SKIPPED: ", 1)[1] for ln in lines if "SKIPPED: " in ln), "")
         pytest.skip(f"SLURM test skipped: {reason.strip()}")
