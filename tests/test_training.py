@@ -260,14 +260,46 @@ def test_positive_entries_pads_to_one_count() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_top_indices_are_the_k_largest_in_column_order(dtype: torch.dtype) -> None:
-    """The CPU selection (numpy's introselect) keeps torch.topk's set, in column order."""
+    """The CPU selection (numpy's introselect) keeps torch.topk's set, in column order, with
+    its rows split between three threads as on one."""
     from saestab.sae._sparse import top_indices
 
-    x = torch.randn(3, 50, 97, dtype=dtype, generator=torch.Generator().manual_seed(2))
-    for k in (1, 7, 96):
-        idx = top_indices(x, k)
-        assert idx.shape == (3, 50, k) and idx.dtype == torch.int64
-        assert torch.equal(idx, x.topk(k, dim=-1).indices.sort(dim=-1).values), k
+    x = torch.randn(3, 80, 97, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 3):
+            torch.set_num_threads(n_threads)
+            for k in (1, 7, 96):
+                idx = top_indices(x, k)
+                assert idx.shape == (3, 80, k) and idx.dtype == torch.int64
+                assert torch.equal(idx, x.topk(k, dim=-1).indices.sort(dim=-1).values), k
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_decoder_row_kernels_match_torch(dtype: torch.dtype) -> None:
+    """The compiled decoder-norm constraint: the gradient's component along each unit row
+    removed, each row renormalised (a zero row left at zero), as torch computes them."""
+    from saestab.sae import _kernels
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(2, 40, 33, dtype=dtype, generator=g)
+    w /= w.norm(dim=-1, keepdim=True)
+    grad = torch.randn(2, 40, 33, dtype=dtype, generator=g)
+    assert _kernels.applies(grad, w) and not _kernels.applies(grad.transpose(1, 2))
+    projected = grad.clone()
+    _kernels.project_out_rows(projected, w)
+    expected = grad - torch.linalg.vecdot(grad, w).unsqueeze(-1) * w
+    assert torch.allclose(projected, expected, atol=1e-6)
+    assert torch.linalg.vecdot(projected, w).abs().max() < 1e-5  # nothing left along the rows
+    before = 3.0 * grad
+    before[1, 5] = 0.0
+    rows = before.clone()
+    _kernels.normalise_rows(rows)
+    assert torch.allclose(rows, before / before.norm(dim=-1, keepdim=True).clamp_min(1e-12),
+                          atol=1e-6)
+    assert torch.equal(rows[1, 5], torch.zeros(33, dtype=dtype))
 
 
 def test_auxk_picks_the_largest_dead_latents() -> None:

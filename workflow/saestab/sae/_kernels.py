@@ -1,13 +1,18 @@
-"""Compiled CPU kernels (numba) for the sparse TopK-family training step.
+"""Compiled CPU kernels (numba) for the TopK-family training step, where torch has no fused
+equivalent:
 
-Only where torch has no fused equivalent: in torch, the backward of the main reconstruction loss
-reads every active entry's residual row once per product (a sampled matmul for the values'
-gradient, one CSR matmul each for ``W_dec`` and ``W_enc``, each a pass over memory); the kernel
-here visits each latent's entries once and does all three while the latent's own rows stay in
-L1.
+- the decoder-norm constraint: each row's gradient projected and each row renormalised in one
+  pass over it (torch: a product, a reduction and an update, each a pass over memory);
+- the sparse code's forward: each token decoded through its active latents and its squared
+  error taken in the same pass;
+- its backward: in torch, the main reconstruction loss's backward reads every active entry's
+  residual row once per product (a sampled matmul for the values' gradient, one CSR matmul each
+  for ``W_dec`` and ``W_enc``); the kernel visits each latent's entries once and does all three
+  while the latent's own rows stay in L1.
 
-Each latent's outputs are written by one thread in a fixed order, so results do not depend on
-the number of threads. Without numba, :data:`AVAILABLE` is False and callers use torch.
+Each row's (token's, latent's) outputs are written by one thread in a fixed order, so results do
+not depend on the number of threads. Without numba, :data:`AVAILABLE` is False and callers use
+torch.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,54 @@ def _code_error_backward(crow_t: np.ndarray, rows_t: np.ndarray, order: np.ndarr
         g_benc[j] = gb
 
 
+def _decode_error(crow: np.ndarray, col: np.ndarray, vals: np.ndarray, w_dec: np.ndarray,
+                  target: np.ndarray, r: np.ndarray, err: np.ndarray) -> None:  # pragma: no cover
+    """Forward of the same loss for one seed: per token ``b`` (a CSR row ``crow``, ``col``),
+    ``r_b = sum_p vals[p] W_dec[col[p]] - target_b`` and ``err_b = ||r_b||^2``, in one pass
+    over the row's entries (torch's CSR product writes ``r`` and a second pass reads it)."""
+    n, d = r.shape
+    zero = np.zeros(1, r.dtype)[0]
+    for b in numba.prange(n):
+        rb = r[b]
+        tb = target[b]
+        for t in range(d):
+            rb[t] = -tb[t]
+        for p in range(crow[b], crow[b + 1]):
+            v = vals[p]
+            wj = w_dec[col[p]]
+            for t in range(d):
+                rb[t] += v * wj[t]
+        s = zero
+        for t in range(d):
+            s += rb[t] * rb[t]
+        err[b] = s
+
+
+def _project_out_rows(g: np.ndarray, w: np.ndarray) -> None:  # pragma: no cover
+    """``g[j] -= <g[j], w[j]> w[j]`` for every row ``j`` (``w``'s rows of unit norm)."""
+    n, d = g.shape
+    zero = np.zeros(1, g.dtype)[0]
+    for j in numba.prange(n):
+        s = zero
+        for t in range(d):
+            s += g[j, t] * w[j, t]
+        for t in range(d):
+            g[j, t] -= s * w[j, t]
+
+
+def _normalise_rows(w: np.ndarray, eps: float) -> None:  # pragma: no cover
+    """``w[j] /= max(||w[j]||, eps)`` for every row ``j``."""
+    n, d = w.shape
+    zero = np.zeros(1, w.dtype)[0]
+    for j in numba.prange(n):
+        s = zero
+        for t in range(d):
+            s += w[j, t] * w[j, t]
+        norm = max(np.sqrt(s), eps)
+        for t in range(d):
+            w[j, t] /= norm
+
+
 @functools.cache
 def _compile(py_func: Any) -> Any:
     """``py_func`` as a parallel numba function, its machine code cached on disk (next to this
@@ -94,3 +148,29 @@ def _compile(py_func: Any) -> Any:
 def code_error_backward(*arrays: np.ndarray) -> None:
     """:func:`_code_error_backward`, compiled on first use."""
     _compile(_code_error_backward)(*arrays)
+
+
+def decode_error(*arrays: np.ndarray) -> None:
+    """:func:`_decode_error`, compiled on first use."""
+    _compile(_decode_error)(*arrays)
+
+
+def applies(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can take these tensors: on the CPU, contiguous, one float dtype."""
+    return (AVAILABLE and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+            and tensors[0].dtype in (torch.float32, torch.float64)
+            and len({t.dtype for t in tensors}) == 1)
+
+
+def project_out_rows(g: torch.Tensor, w: torch.Tensor) -> None:
+    """In place on the (..., d) tensor ``g``: each row minus its component along the same row
+    of ``w`` (unit rows). One pass over both (torch: a product, a sum and an update)."""
+    set_threads(torch.get_num_threads())
+    _compile(_project_out_rows)(g.view(-1, g.shape[-1]).numpy(),
+                                w.detach().view(-1, w.shape[-1]).numpy())
+
+
+def normalise_rows(w: torch.Tensor, eps: float = 1e-12) -> None:
+    """In place on the (..., d) tensor ``w``: each row divided by its norm (at least ``eps``)."""
+    set_threads(torch.get_num_threads())
+    _compile(_normalise_rows)(w.detach().view(-1, w.shape[-1]).numpy(), eps)

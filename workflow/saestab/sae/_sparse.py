@@ -8,14 +8,17 @@ step (a ReLU code is padded to it, :func:`positive_entries`), so values are (S, 
 seed has its own :class:`Pattern`; the seeds
 are processed in a loop inside the functions and their gradients written into stacked tensors.
 
-The main loss's backward runs as one compiled pass per latent on a CPU (:mod:`._kernels`);
-:data:`USE_KERNELS` = False (or no numba) sends it through torch's CSR products instead.
+On a CPU the decode and its squared error run as one compiled pass per token, and the backward as
+one per latent (:mod:`._kernels`); :data:`USE_KERNELS` = False (or no numba) sends both through
+torch's CSR products instead.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,8 @@ import torch
 from . import _kernels
 
 USE_KERNELS = True
-"""Use the compiled CPU backward where it applies (tests switch it off to compare)."""
+"""Use the compiled CPU forward and backward where they apply (tests switch them off to
+compare)."""
 
 
 def top_indices(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -32,14 +36,38 @@ def top_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     order within each row (the column order CSR rows need); ties are broken arbitrarily.
 
     On a CPU this is numpy's introselect (``argpartition``): ``torch.topk`` there took 3x as
-    long on a training step's (512, 1152) pre-activations."""
+    long on a training step's (512, 1152) pre-activations. numpy selects on one thread, so the
+    rows are split between torch's threads (each row's result does not depend on the split)."""
     n = x.shape[-1]
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and 0 < k < n:
         a = x.detach().reshape(-1, n).numpy()
-        idx = np.argpartition(a, n - k, axis=-1)[:, n - k:]
-        idx.sort(axis=-1)
+        idx = np.empty((a.shape[0], k), dtype=np.int64)
+        parts = min(torch.get_num_threads(), a.shape[0] // _MIN_ROWS_PER_THREAD)
+        if parts > 1:
+            cuts = np.linspace(0, a.shape[0], parts + 1).astype(int)
+            spans = list(zip(cuts[:-1], cuts[1:], strict=True))
+            list(_pool(parts).map(_select_rows, [a[i:j] for i, j in spans],
+                                  [idx[i:j] for i, j in spans], [k] * parts))
+        else:
+            _select_rows(a, idx, k)
         return torch.from_numpy(idx).view(*x.shape[:-1], k)
     return x.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+
+
+_MIN_ROWS_PER_THREAD = 64
+
+
+def _select_rows(a: np.ndarray, out: np.ndarray, k: int) -> None:
+    """``out`` = the column positions of each row's ``k`` largest entries, in column order."""
+    n = a.shape[-1]
+    out[:] = np.argpartition(a, n - k, axis=-1)[:, n - k:]
+    out.sort(axis=-1)
+
+
+@functools.cache
+def _pool(n: int) -> ThreadPoolExecutor:
+    """Threads for numpy's selection, which releases the GIL (one pool per size, kept)."""
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="top_indices")
 
 
 def positive_entries(pre: torch.Tensor) -> tuple[list[Pattern], torch.Tensor]:
@@ -214,14 +242,24 @@ class SparseCodeError(torch.autograd.Function):
                 w_dec: torch.Tensor, patterns: Sequence[Pattern],
                 bdec_in_decode: bool) -> tuple[torch.Tensor, ...]:
         vals = torch.relu(values)
-        r = _decode_minus(vals, w_dec, patterns, target)
+        if _use_kernels(vals, w_dec, target):
+            r = torch.empty_like(target)
+            err = target.new_empty(target.shape[:2])
+            _kernels.set_threads(torch.get_num_threads())
+            for i, p in enumerate(patterns):
+                _kernels.decode_error(p.crow.numpy(), p.col.numpy(), vals[i].numpy(),
+                                      w_dec[i].detach().numpy(), target[i].numpy(),
+                                      r[i].numpy(), err[i].numpy())
+        else:
+            r = _decode_minus(vals, w_dec, patterns, target)
+            # ||r||^2 per token; einsum here runs S*B (1, d) x (d, 1) matmuls, slow for S > 1
+            err = torch.linalg.vector_norm(r, dim=-1).square_()
         ctx.save_for_backward(vals, xin, w_enc, w_dec, r)
         ctx.patterns = patterns
         ctx.bdec_in_decode = bdec_in_decode
         ctx.mark_non_differentiable(r)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for r, or vals if unused
-        # ||r||^2 per token; einsum here runs S*B (1, d) x (d, 1) matmuls, slow for S > 1
-        return torch.linalg.vector_norm(r, dim=-1).square_(), r, vals
+        return err, r, vals
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor | None, g_r: Any,
@@ -258,10 +296,7 @@ class SparseCodeError(torch.autograd.Function):
 
 
 def _use_kernels(*tensors: torch.Tensor) -> bool:
-    return (USE_KERNELS and _kernels.AVAILABLE
-            and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
-            and tensors[0].dtype in (torch.float32, torch.float64)
-            and len({t.dtype for t in tensors}) == 1)
+    return USE_KERNELS and _kernels.applies(*tensors)
 
 
 def sparse_code_error(values: torch.Tensor, xin: torch.Tensor, b_dec: torch.Tensor,

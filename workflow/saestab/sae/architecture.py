@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from . import _kernels
+
 if TYPE_CHECKING:  # the recipe type lives with the trainer
     from ..training import TrainConfig
     from .model import SAE
@@ -241,7 +243,11 @@ class Architecture(torch.nn.Module):
         """Before the optimiser step: drop the gradient component along each (unit) decoder
         row, so the step moves rows along the sphere rather than changing their norm."""
         g = self.W_dec.grad
-        if self.unit_norm_decoder and g is not None:
+        if not self.unit_norm_decoder or g is None:
+            return
+        if _kernels.applies(g, self.W_dec):  # one pass over each row instead of three
+            _kernels.project_out_rows(g, self.W_dec)
+        else:
             # vecdot, not einsum: einsum runs S*m (1, d) x (d, 1) matmuls, slow for S > 1
             along = torch.linalg.vecdot(g, self.W_dec).unsqueeze(-1)
             g.addcmul_(along, self.W_dec, value=-1.0)
@@ -249,7 +255,11 @@ class Architecture(torch.nn.Module):
     @torch.no_grad()
     def renormalise_decoder(self) -> None:
         """After the optimiser step: put the decoder rows back on the unit sphere."""
-        if self.unit_norm_decoder:
+        if not self.unit_norm_decoder:
+            return
+        if _kernels.applies(self.W_dec):  # one pass over each row instead of three
+            _kernels.normalise_rows(self.W_dec)
+        else:
             self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     # -- inference (one saved SAE) -----------------------------------------------------------
