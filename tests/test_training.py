@@ -277,6 +277,29 @@ def test_top_indices_are_the_k_largest_in_column_order(dtype: torch.dtype) -> No
         torch.set_num_threads(threads)
 
 
+def _top_indices_on_two_threads(x: torch.Tensor) -> torch.Tensor:
+    from saestab.sae._sparse import top_indices
+
+    torch.set_num_threads(2)
+    return top_indices(x, 5)
+
+
+def test_top_indices_in_a_forked_child() -> None:
+    """A process forked after the selection's threads started gets threads of its own (the
+    parent's pool has no threads in the child: work sent to it would never run)."""
+    import multiprocessing
+
+    x = torch.randn(256, 40, generator=torch.Generator().manual_seed(5))
+    threads = torch.get_num_threads()
+    try:
+        expected = _top_indices_on_two_threads(x)  # starts the parent's pool
+    finally:
+        torch.set_num_threads(threads)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_top_indices_on_two_threads, (x,)).get(timeout=60)
+    assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_decoder_row_kernels_match_torch(dtype: torch.dtype) -> None:
     """The compiled decoder-norm constraint: the gradient's component along each unit row

@@ -16,6 +16,7 @@ torch's CSR products instead.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,7 @@ def top_indices(x: torch.Tensor, k: int) -> torch.Tensor:
         if parts > 1:
             cuts = np.linspace(0, a.shape[0], parts + 1).astype(int)
             spans = list(zip(cuts[:-1], cuts[1:], strict=True))
-            list(_pool(parts).map(_select_rows, [a[i:j] for i, j in spans],
+            list(_pool(parts, os.getpid()).map(_select_rows, [a[i:j] for i, j in spans],
                                   [idx[i:j] for i, j in spans], [k] * parts))
         else:
             _select_rows(a, idx, k)
@@ -65,8 +66,9 @@ def _select_rows(a: np.ndarray, out: np.ndarray, k: int) -> None:
 
 
 @functools.cache
-def _pool(n: int) -> ThreadPoolExecutor:
-    """Threads for numpy's selection, which releases the GIL (one pool per size, kept)."""
+def _pool(n: int, pid: int) -> ThreadPoolExecutor:  # noqa: ARG001 (a forked child gets its own)
+    """Threads for numpy's selection, which releases the GIL: one pool per size and process,
+    kept."""
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="top_indices")
 
 
