@@ -46,9 +46,11 @@ def top_indices(x: torch.Tensor, k: int) -> torch.Tensor:
         parts = min(torch.get_num_threads(), a.shape[0] // _MIN_ROWS_PER_THREAD)
         if parts > 1:
             cuts = np.linspace(0, a.shape[0], parts + 1).astype(int)
-            spans = list(zip(cuts[:-1], cuts[1:], strict=True))
-            list(_pool(parts, os.getpid()).map(_select_rows, [a[i:j] for i, j in spans],
-                                  [idx[i:j] for i, j in spans], [k] * parts))
+            pool = _pool(parts, os.getpid())
+            done = [pool.submit(_select_rows, a[i:j], idx[i:j], k)
+                    for i, j in zip(cuts[:-1], cuts[1:], strict=True)]
+            for future in done:
+                future.result()  # waits, and raises what the thread raised
         else:
             _select_rows(a, idx, k)
         return torch.from_numpy(idx).view(*x.shape[:-1], k)
@@ -250,7 +252,7 @@ class SparseCodeError(torch.autograd.Function):
             _kernels.set_threads(torch.get_num_threads())
             for i, p in enumerate(patterns):
                 _kernels.decode_error(p.crow.numpy(), p.col.numpy(), vals[i].numpy(),
-                                      w_dec[i].detach().numpy(), target[i].numpy(),
+                                      w_dec[i].detach().numpy(), target[i].detach().numpy(),
                                       r[i].numpy(), err[i].numpy())
         else:
             r = _decode_minus(vals, w_dec, patterns, target)
