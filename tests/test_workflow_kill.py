@@ -38,7 +38,7 @@ def command(workdir: Path, *args: str) -> list[str]:
 
 
 def snakemake(workdir: Path, *args: str) -> None:
-    proc = subprocess.run(command(workdir, *args), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(command(workdir, *args), capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
 
