@@ -72,6 +72,29 @@ def test_scan_of_a_topk_sae_matches_its_dense_code(cache: ActivationCache) -> No
         np.testing.assert_array_equal(acts.top_rows[fired, j], order[fired])
 
 
+def test_one_pass_over_several_saes_gives_each_its_own_scan(cache: ActivationCache) -> None:
+    """scan_saes reads each batch once for all seeds; no sum, count or top row may leak from
+    one SAE into another's, whatever their widths and architectures."""
+    from dataclasses import fields
+
+    from saestab.evaluation import scan_saes
+
+    g = torch.Generator().manual_seed(1)
+    cfg = SAEConfig(architecture="topk", d_in=D, d_sae=24, k=3)
+    topk = sae_from_tensors(cfg, {"W_enc": torch.randn(D, 24, generator=g),
+                                  "W_dec": torch.randn(24, D, generator=g),
+                                  "b_enc": torch.zeros(24), "b_dec": torch.zeros(D)})
+    saes = {4: topk, 9: identity_relu()}
+    both = scan_saes(saes, cache, top_k=7, batch_size=50)
+    assert sorted(both) == [4, 9]
+    for seed, sae in saes.items():
+        alone = scan_sae(sae, cache, top_k=7, batch_size=50)
+        for f in fields(alone):
+            np.testing.assert_array_equal(getattr(both[seed], f.name), getattr(alone, f.name),
+                                          err_msg=f"seed {seed}: {f.name}")
+    assert both[4].count.size == 24 and both[9].count.size == D
+
+
 def test_scan_and_feature_table(cache: ActivationCache) -> None:
     sae = identity_relu()
     acts = scan_sae(sae, cache, top_k=16, batch_size=100)

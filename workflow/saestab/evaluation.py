@@ -83,60 +83,92 @@ class FeatureScan:
         }
 
 
-@torch.no_grad()
 def scan_sae(sae: SAE, cache: ActivationCache | str | Path, *, top_k: int = 0,
              batch_size: int = 4096, device: str | torch.device = "cpu",
              max_tokens: int | None = None) -> FeatureScan:
     """One pass of ``sae`` over ``cache`` (first ``max_tokens`` rows): the reconstruction error,
     per-feature sums and maxima and, with ``top_k``, the rows of each feature's ``top_k``
     largest activations. The SAE is moved to ``device`` (in place, as ``Module.to`` does)."""
+    return scan_saes({0: sae}, cache, top_k=top_k, batch_size=batch_size, device=device,
+                     max_tokens=max_tokens)[0]
+
+
+@torch.no_grad()
+def scan_saes(saes: Mapping[int, SAE], cache: ActivationCache | str | Path, *, top_k: int = 0,
+              batch_size: int = 4096, device: str | torch.device = "cpu",
+              max_tokens: int | None = None) -> dict[int, FeatureScan]:
+    """:func:`scan_sae` of every SAE of ``saes`` (by seed) in one pass over ``cache``: each batch
+    is read, and its float64 sums taken, once for all of them. Each seed's scan is the one
+    :func:`scan_sae` gives it alone."""
     cache = cache if isinstance(cache, ActivationCache) else ActivationCache.open(cache)
-    if cache.d != sae.cfg.d_in:
-        raise io.InputError(f"{cache.path}: activations have d={cache.d}, the SAE expects "
-                            f"d_in={sae.cfg.d_in}")
+    if not saes:
+        raise ValueError("scan_saes needs at least one SAE")
+    for sae in saes.values():
+        if cache.d != sae.cfg.d_in:
+            raise io.InputError(f"{cache.path}: activations have d={cache.d}, the SAE expects "
+                                f"d_in={sae.cfg.d_in}")
     device = torch.device(device)
-    sae = sae.to(device).eval()
+    saes = {seed: sae.to(device).eval() for seed, sae in saes.items()}
     n = cache.n_tokens if max_tokens is None else min(max_tokens, cache.n_tokens)
     if n <= 0:
         raise io.InputError(f"{cache.path}: no tokens to evaluate")
-    m, d = sae.cfg.d_sae, sae.cfg.d_in
-    sse = torch.zeros((), dtype=torch.float64, device=device)
-    s1 = torch.zeros(d, dtype=torch.float64, device=device)
+    s1 = torch.zeros(cache.d, dtype=torch.float64, device=device)
     s2 = torch.zeros((), dtype=torch.float64, device=device)
-    count = np.zeros(m, dtype=np.int64)
-    total = np.zeros(m, dtype=np.float64)
-    total_sq = np.zeros(m, dtype=np.float64)
-    vmax = np.zeros(m, dtype=np.float32)
     k = min(top_k, n)
-    top = _TopRows(m, k)
+    acc = {seed: _ScanSums(sae.cfg.d_sae, k, device) for seed, sae in saes.items()}
     starts = range(0, n, batch_size)
     for start in progress(starts, total=len(starts), desc="scan", unit="batch"):
         x = torch.from_numpy(cache.load(start, min(start + batch_size, n))).to(device)
-        # The code as CSR: decoding and the per-feature sums touch the active entries only.
         # Sums in float64: with the reconstruction error in float32, the census summaries of a
         # SLURM run and a local run differed beyond 1e-12 (tests/slurm).
-        code = sae.encode_sparse(x)
         x64 = x.double()
-        sse += (x64 - sae.decode(code).double()).pow_(2).sum()
         s1 += x64.sum(0)
         s2 += x64.pow(2).sum()
+        for seed, sae in saes.items():
+            acc[seed].add(sae, x, x64, start)
+    centered = float(s2 - s1.pow(2).sum() / n)
+    return {seed: acc[seed].result(sae, n, centered) for seed, sae in saes.items()}
+
+
+class _ScanSums:
+    """What :func:`scan_saes` accumulates for one SAE."""
+
+    def __init__(self, m: int, k: int, device: torch.device):
+        self.sse = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = np.zeros(m, dtype=np.int64)
+        self.total = np.zeros(m, dtype=np.float64)
+        self.total_sq = np.zeros(m, dtype=np.float64)
+        self.vmax = np.zeros(m, dtype=np.float32)
+        self.top = _TopRows(m, k) if k else None
+
+    def add(self, sae: SAE, x: torch.Tensor, x64: torch.Tensor, start: int) -> None:
+        # The code as CSR: decoding and the per-feature sums touch the active entries only.
+        code = sae.encode_sparse(x)
+        self.sse += (x64 - sae.decode(code).double()).pow_(2).sum()
         crow = code.crow_indices().cpu().numpy()
         col = code.col_indices().cpu().numpy()
         val = code.values().float().cpu().numpy()
         on = val > 0  # the CSR code may hold explicit zeros
         row = np.repeat(np.arange(len(crow) - 1), np.diff(crow))[on] + start
         col, val = col[on], val[on]
-        count += np.bincount(col, minlength=m)
-        total += np.bincount(col, weights=val, minlength=m)
-        total_sq += np.bincount(col, weights=np.square(val, dtype=np.float64), minlength=m)
-        np.maximum.at(vmax, col, val)
-        if k:
-            top.add(row, col, val)
-    return FeatureScan(
-        n_tokens=n, sse=float(sse), centered=float(s2 - s1.pow(2).sum() / n), count=count,
-        total=total, total_sq=total_sq, max=vmax,
-        dec_norm=sae.W_dec.detach().double().norm(dim=1).cpu().numpy(),
-        top_values=np.ascontiguousarray(top.values.T), top_rows=np.ascontiguousarray(top.rows.T))
+        m = len(self.count)
+        self.count += np.bincount(col, minlength=m)
+        self.total += np.bincount(col, weights=val, minlength=m)
+        self.total_sq += np.bincount(col, weights=np.square(val, dtype=np.float64), minlength=m)
+        np.maximum.at(self.vmax, col, val)
+        if self.top is not None:
+            self.top.add(row, col, val)
+
+    def result(self, sae: SAE, n: int, centered: float) -> FeatureScan:
+        top = self.top
+        k = 0 if top is None else top.k
+        values = np.zeros((k, len(self.count)), np.float32) if top is None else top.values.T
+        rows = np.zeros((k, len(self.count)), np.int64) if top is None else top.rows.T
+        return FeatureScan(
+            n_tokens=n, sse=float(self.sse), centered=centered, count=self.count,
+            total=self.total, total_sq=self.total_sq, max=self.vmax,
+            dec_norm=sae.W_dec.detach().double().norm(dim=1).cpu().numpy(),
+            top_values=np.ascontiguousarray(values), top_rows=np.ascontiguousarray(rows))
 
 
 class _TopRows:
@@ -151,22 +183,33 @@ class _TopRows:
     def add(self, row: np.ndarray, col: np.ndarray, val: np.ndarray) -> None:
         """Merge a batch's active entries (rows increasing across calls)."""
         m, k = self.m, self.k
+        # Only an entry above its feature's present k-th value can enter: one equal to it comes
+        # from a later row, so it ranks after it. Once the running top-k fill up, this drops
+        # nearly all of a batch before the sort.
+        enter = val > self.values[col, k - 1]
+        if not enter.any():
+            return
+        col, val, row = col[enter], val[enter], row[enter]
         # the batch's top-k of each feature: entries by feature, then value, then row
         order = np.lexsort((row, -val, col))
         col, val, row = col[order], val[order], row[order]
         first = np.concatenate([[0], np.cumsum(np.bincount(col, minlength=m))[:-1]])
         rank = np.arange(len(col)) - first[col]
         keep = rank < k
-        batch_v = np.zeros((m, k), dtype=np.float32)
-        batch_r = np.zeros((m, k), dtype=np.int64)
-        batch_v[col[keep], rank[keep]] = val[keep]
-        batch_r[col[keep], rank[keep]] = row[keep]
+        # merge only the features that have candidates
+        feats = np.unique(col)
+        slot = np.zeros(m, dtype=np.int64)
+        slot[feats] = np.arange(len(feats))
+        batch_v = np.zeros((len(feats), k), dtype=np.float32)
+        batch_r = np.zeros((len(feats), k), dtype=np.int64)
+        batch_v[slot[col[keep]], rank[keep]] = val[keep]
+        batch_r[slot[col[keep]], rank[keep]] = row[keep]
         # the running top-k holds earlier rows, so a stable sort keeps ties row-ordered
-        cand_v = np.concatenate([self.values, batch_v], axis=1)
-        cand_r = np.concatenate([self.rows, batch_r], axis=1)
+        cand_v = np.concatenate([self.values[feats], batch_v], axis=1)
+        cand_r = np.concatenate([self.rows[feats], batch_r], axis=1)
         pick = np.argsort(-cand_v, axis=1, kind="stable")[:, :k]
-        self.values = np.take_along_axis(cand_v, pick, axis=1)
-        self.rows = np.take_along_axis(cand_r, pick, axis=1)
+        self.values[feats] = np.take_along_axis(cand_v, pick, axis=1)
+        self.rows[feats] = np.take_along_axis(cand_r, pick, axis=1)
 
 
 def evaluate_sae(sae: SAE, cache: ActivationCache | str | Path, batch_size: int = 4096,

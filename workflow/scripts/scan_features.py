@@ -14,12 +14,13 @@ log = logs.setup(sm.log[0])
 runtime.set_threads(sm.threads)
 device = runtime.job_device(sm.config)
 cache = ActivationCache.open(sm.input.cache)
-scans = {}
-for seed, d in census.seed_map(sm.input.groups).items():
-    scans[seed] = evaluation.scan_sae(
-        load_sae(d), cache, top_k=sm.params.top_k, max_tokens=sm.params.max_tokens,
-        batch_size=runtime.setting(sm.config, "sae.eval_batch_size"), device=device)
-    r = scans[seed].evaluation()
+# one pass over the cache for all seeds: each batch is read once
+scans = evaluation.scan_saes(
+    {seed: load_sae(d) for seed, d in census.seed_map(sm.input.groups).items()}, cache,
+    top_k=sm.params.top_k, max_tokens=sm.params.max_tokens,
+    batch_size=runtime.setting(sm.config, "sae.eval_batch_size"), device=device)
+for seed, scan in scans.items():
+    r = scan.evaluation()
     log.info("seed %d on %s: EV %.4f, L0 %.1f, dead %.3f over %d tokens", seed,
              sm.wildcards.split, r["ev"], r["l0"], r["dead_fraction"], r["n_tokens"])
 evaluation.write_scans(scans, sm.output[0])
