@@ -28,7 +28,11 @@ one epoch of the training cache, ~180k tokens; lr = our trainer's default for m)
 3. **Encoder FLOP share.** The fp32 rate of a square matmul (GFLOP/s) and the rate of the
    encoder matmul ``x @ W_enc``, (batch, d) x (d, m), timed alone at the training batch size,
    as a share of it.
-4. **Where a step's time goes** (``--profile N``): ``torch.profiler`` over N training steps of
+4. **The workflow's training job.** The default run's ``train_saes`` job trains all seeds of a
+   configuration together (``--job-seeds``, 6) on one thread (``--job-threads``: two jobs share
+   the 2 cores): its amortised tokens/s per SAE, and that as a share of the encoder-only rate on
+   the same thread count (S encoder matmuls against an S-seed step).
+5. **Where a step's time goes** (``--profile N``): ``torch.profiler`` over N training steps of
    one seed (after 20 warm-up steps), the operators by self CPU time per step, and the share of
    the step taken by the three it cannot do without (the encoder matmul ``baddbmm``, the top-k
    selection and the fused Adam update): the step's floor on this machine. On a CPU the
@@ -233,6 +237,10 @@ def main() -> None:
     ap.add_argument("--group-tokens", type=int, default=51_200,
                     help="training tokens per SAE in part 2 (default 51200 = 100 steps of 512)")
     ap.add_argument("--repeats", type=int, default=2, help="alternations of A and B")
+    ap.add_argument("--job-seeds", type=int, default=6,
+                    help="part 4: seeds of one workflow training job (config.yaml's n_seeds)")
+    ap.add_argument("--job-threads", type=int, default=1,
+                    help="part 4: its threads (2 cores / parallel_jobs 2 = 1)")
     ap.add_argument("--eval-tokens", type=int, default=65536, help="held-out rows for the EV")
     ap.add_argument("--skip-saelens", action="store_true", help="skip part 1's SAELens side")
     ap.add_argument("--json", default=None, help="also write the results to this file")
@@ -337,6 +345,22 @@ def main() -> None:
         print(f"[3] square matmul GFLOP/s: {', '.join(f'{v:.1f}' for v in square)}; "
               f"encoder: {', '.join(f'{v:.1f}' for v in enc)}", flush=True)
 
+        # ---- 4. the workflow's own training job: S seeds together on its thread count ----
+        # A train_saes job of the default run trains all seeds of a configuration in one group
+        # on one thread (2 cores, two jobs side by side). Its encoder-only rate is a seed's
+        # x @ W_enc on that many threads, so the share compares S encoder matmuls with a step.
+        torch.set_num_threads(args.job_threads)
+        job: list[float] = []  # training-loop seconds
+        job_enc: list[float] = []
+        for r in range(args.repeats):
+            res, _, _ = run_ours(train, gcfg, list(range(args.job_seeds)))
+            job.append(res.seconds)
+            job_enc.append(max(matmul_rates(args.batch_size, d, args.m, rounds=1)[1]))
+            print(f"[4] {args.job_seeds} seeds together on {args.job_threads} thread(s), run "
+                  f"{r + 1}: loop {res.seconds:.1f} s; encoder {job_enc[-1]:.1f} GFLOP/s",
+                  flush=True)
+        torch.set_num_threads(args.threads)
+
     # ---- table ---------------------------------------------------------------------------
     load_after = os.getloadavg()
     best_ours = max(ours_tps)
@@ -358,6 +382,10 @@ def main() -> None:
                      f"{best_ours / best_sl:.2f}x"))
         rows.append(("   ratio ours / SAELens (median step time, best of each)",
                      f"{min(sl_step) / min(ours_step):.2f}x"))
+        # the spread behind the best-of-each ratio: each alternation's ours / its SAELens run
+        pairs = [o / s for o, s in zip(ours_tps, sl_tps, strict=True)]
+        rows.append(("   ratio ours / SAELens, each alternation (loop)",
+                     " ".join(f"{r:.2f}x" for r in pairs)))
     rows.append(("   EV held-out, ours", f"{ev['ours']:.4f}"))
     for sched in schedules:
         if f"saelens_{sched}" in ev:
@@ -380,6 +408,16 @@ def main() -> None:
     rows.append(("   encoder rate / matmul rate", f"{100 * enc_rate / peak:.0f}%"))
     rows.append(("   ours training tokens/s / encoder-matmul-only tokens/s",
                  f"{100 * best_ours / enc_tps:.1f}%"))
+    job_tps = args.job_seeds * g_tokens / min(job)
+    job_enc_tps = max(job_enc) * 1e9 / (2.0 * d * args.m)
+    rows.append((f"4. the workflow's training job: {args.job_seeds} seeds together, "
+                 f"{args.job_threads} thread(s), {g_tokens} tokens/SAE", ""))
+    rows.append(("   amortised tokens/s per SAE (S*N/loop s, best of "
+                 f"{len(job)})", f"{job_tps:,.0f}"))
+    rows.append((f"   encoder x@W_enc on {args.job_threads} thread(s) (best of {len(job_enc)})",
+                 f"{max(job_enc):.1f} GFLOP/s"))
+    rows.append(("   job tokens/s per SAE / encoder-matmul-only tokens/s",
+                 f"{100 * job_tps / job_enc_tps:.1f}%"))
     width = max(len(a) for a, _ in rows) + 2
     print("\n" + "=" * (width + 18))
     print(f"{'measure':<{width}}{'value':>16}")
@@ -411,6 +449,8 @@ def main() -> None:
             "ours_tps": ours_tps, "saelens_tps": sl_tps, "ev": ev,
             "together_seconds": together, "one_by_one_seconds": apart, "seeds": s_count,
             "group_tokens": g_tokens, "square_gflops": square, "encoder_gflops": enc,
+            "job_seeds": args.job_seeds, "job_threads": args.job_threads,
+            "job_loop_seconds": job, "job_encoder_gflops": job_enc,
             "load_before": load_before, "load_after": load_after}, indent=1) + "\n")
 
 
@@ -419,7 +459,7 @@ FLOOR_OPS = ("aten::baddbmm", "aten::topk", "aten::_fused_adam_")
 
 
 def profile_steps(cache: ActivationCache, cfg: TrainConfig, n: int, top: int = 14) -> None:
-    """Part 4: per-operator self CPU time of ``n`` training steps of one seed."""
+    """Part 5: per-operator self CPU time of ``n`` training steps of one seed."""
     from torch.profiler import profile
 
     from saestab.training import loop

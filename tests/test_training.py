@@ -300,6 +300,60 @@ def test_top_indices_in_a_forked_child() -> None:
     assert torch.equal(got, expected)
 
 
+def _renormalised_on_two_threads(w: torch.Tensor) -> torch.Tensor:
+    from saestab.sae import _kernels
+
+    torch.set_num_threads(2)
+    w = w.clone()
+    _kernels.normalise_rows(w)
+    return w
+
+
+def test_kernels_in_a_forked_child() -> None:
+    """A process forked after its parent launched a compiled kernel on two threads can launch
+    it too (under GNU OpenMP, numba's default layer here, the child was terminated)."""
+    import multiprocessing
+
+    w = torch.randn(300, 17, generator=torch.Generator().manual_seed(6))
+    threads = torch.get_num_threads()
+    try:
+        expected = _renormalised_on_two_threads(w)  # the parent's threads start
+    finally:
+        torch.set_num_threads(threads)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_renormalised_on_two_threads, (w,)).get(timeout=60)
+    assert torch.equal(got, expected)
+    torch.testing.assert_close(got.norm(dim=1), torch.ones(300))
+
+
+def test_kernels_launched_from_two_threads_at_once() -> None:
+    """Two Python threads launching kernels at the same time (the fork-safe workqueue layer
+    aborts the process on concurrent launches, so they take turns). In a subprocess: an abort
+    would take the test process with it."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, threading, torch
+sys.path.insert(0, "workflow")
+from saestab.sae import _kernels
+torch.set_num_threads(2)
+ws = [torch.randn(400, 33) * (i + 2) for i in range(2)]
+def work(w):
+    for _ in range(300):
+        _kernels.normalise_rows(w)
+threads = [threading.Thread(target=work, args=(w,)) for w in ws]
+for t in threads: t.start()
+for t in threads: t.join()
+assert all(torch.allclose(w.norm(dim=1), torch.ones(400)) for w in ws)
+print("ok")
+"""
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                       text=True, timeout=300, check=False)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_decoder_row_kernels_match_torch(dtype: torch.dtype) -> None:
     """The compiled decoder-norm constraint: the gradient's component along each unit row

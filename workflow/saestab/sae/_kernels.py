@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,19 @@ except ImportError:  # pragma: no cover - numba is a dependency; this is for for
     numba = None
 
 AVAILABLE = numba is not None
+
+if AVAILABLE and numba.config.THREADING_LAYER == "default" and (
+        "NUMBA_THREADING_LAYER" not in os.environ):
+    # numba's default on Linux without TBB is GNU OpenMP, which terminates a forked child that
+    # launches a kernel after its parent did ("fork() called from a process already using GNU
+    # OpenMP"); "forksafe" is TBB where installed, else numba's own workqueue. Decided at the
+    # process's first parallel launch, so a user's explicit choice, or a launch before this
+    # import, stands.
+    numba.config.THREADING_LAYER = "forksafe"
+
+_LAUNCH = threading.Lock()
+"""One kernel launch at a time: the workqueue layer aborts the process on concurrent launches
+from two threads."""
 
 
 def set_threads(n: int) -> None:
@@ -145,14 +160,22 @@ def _compile(py_func: Any) -> Any:
         return numba.njit(**opts)(py_func)
 
 
+def _run(py_func: Any, *args: Any) -> None:
+    """Launch ``py_func`` compiled (:func:`_compile`) on torch's thread count."""
+    kernel = _compile(py_func)
+    with _LAUNCH:
+        set_threads(torch.get_num_threads())
+        kernel(*args)
+
+
 def code_error_backward(*arrays: np.ndarray) -> None:
     """:func:`_code_error_backward`, compiled on first use."""
-    _compile(_code_error_backward)(*arrays)
+    _run(_code_error_backward, *arrays)
 
 
 def decode_error(*arrays: np.ndarray) -> None:
     """:func:`_decode_error`, compiled on first use."""
-    _compile(_decode_error)(*arrays)
+    _run(_decode_error, *arrays)
 
 
 def applies(*tensors: torch.Tensor) -> bool:
@@ -165,12 +188,10 @@ def applies(*tensors: torch.Tensor) -> bool:
 def project_out_rows(g: torch.Tensor, w: torch.Tensor) -> None:
     """In place on the (..., d) tensor ``g``: each row minus its component along the same row
     of ``w`` (unit rows). One pass over both (torch: a product, a sum and an update)."""
-    set_threads(torch.get_num_threads())
-    _compile(_project_out_rows)(g.view(-1, g.shape[-1]).numpy(),
-                                w.detach().view(-1, w.shape[-1]).numpy())
+    _run(_project_out_rows, g.view(-1, g.shape[-1]).numpy(),
+         w.detach().view(-1, w.shape[-1]).numpy())
 
 
 def normalise_rows(w: torch.Tensor, eps: float = 1e-12) -> None:
     """In place on the (..., d) tensor ``w``: each row divided by its norm (at least ``eps``)."""
-    set_threads(torch.get_num_threads())
-    _compile(_normalise_rows)(w.detach().view(-1, w.shape[-1]).numpy(), eps)
+    _run(_normalise_rows, w.detach().view(-1, w.shape[-1]).numpy(), eps)

@@ -249,7 +249,6 @@ class SparseCodeError(torch.autograd.Function):
         if _use_kernels(vals, w_dec, target):
             r = torch.empty_like(target)
             err = target.new_empty(target.shape[:2])
-            _kernels.set_threads(torch.get_num_threads())
             for i, p in enumerate(patterns):
                 _kernels.decode_error(p.crow.numpy(), p.col.numpy(), vals[i].numpy(),
                                       w_dec[i].detach().numpy(), target[i].detach().numpy(),
@@ -278,7 +277,6 @@ class SparseCodeError(torch.autograd.Function):
             g_wd = torch.empty_like(w_dec)
             g_wt = torch.empty(s, m, d, dtype=xin.dtype)
             g_be = torch.empty(s, m, dtype=vals.dtype)
-            _kernels.set_threads(torch.get_num_threads())
             for i, p in enumerate(patterns):
                 _kernels.code_error_backward(
                     p.crow_t.numpy(), p.col_t.numpy(), p.order.numpy(), vals[i].numpy(),
