@@ -310,8 +310,9 @@ def _renormalised_on_two_threads(w: torch.Tensor) -> torch.Tensor:
 
 
 def test_kernels_in_a_forked_child() -> None:
-    """A process forked after its parent launched a compiled kernel on two threads can launch
-    it too (under GNU OpenMP, numba's default layer here, the child was terminated)."""
+    """A process forked after its parent ran a compiled kernel on two threads can run it too,
+    to the same bits (under GNU OpenMP, numba's layer here, a child that launched a parallel
+    kernel was terminated; it runs the serial code)."""
     import multiprocessing
 
     w = torch.randn(300, 17, generator=torch.Generator().manual_seed(6))
@@ -327,9 +328,9 @@ def test_kernels_in_a_forked_child() -> None:
 
 
 def test_kernels_launched_from_two_threads_at_once() -> None:
-    """Two Python threads launching kernels at the same time (the fork-safe workqueue layer
-    aborts the process on concurrent launches, so they take turns). In a subprocess: an abort
-    would take the test process with it."""
+    """Two Python threads launching kernels at the same time (numba's workqueue layer, for one,
+    aborts the process on concurrent launches). In a subprocess: an abort would take the test
+    process with it."""
     import subprocess
     import sys
 
@@ -352,6 +353,46 @@ print("ok")
     p = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
                        text=True, timeout=300, check=False)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
+
+
+def test_serial_and_parallel_kernels_give_the_same_bits() -> None:
+    """Each kernel compiled serially (a forked child's) and in parallel (on two threads) gives
+    bit-identical outputs on the same inputs."""
+    from saestab.sae import _kernels
+
+    rng = np.random.default_rng(8)
+    n, m, d, k = 64, 48, 33, 5
+    crow = np.arange(0, (n + 1) * k, k, dtype=np.int64)
+    col = np.sort(np.stack([rng.choice(m, k, replace=False) for _ in range(n)]), 1).ravel()
+    order = np.argsort(col, kind="stable")
+    crow_t = np.concatenate([[0], np.cumsum(np.bincount(col, minlength=m))])
+    rows_t = (np.arange(n * k) // k)[order]
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    vals, w_dec, target, xin = f32(n * k), f32(m, d), f32(n, d), f32(n, d)
+    w_unit = w_dec / np.linalg.norm(w_dec, axis=1, keepdims=True)
+    r = f32(n, d)
+
+    def run(parallel: bool) -> list[np.ndarray]:
+        out = [np.empty((n, d), np.float32), np.empty(n, np.float32),
+               np.empty((m, d), np.float32), np.empty((m, d), np.float32),
+               np.empty(m, np.float32), f32(m, d) * 0 + w_dec, w_dec.copy()]
+        compiled = lambda f: _kernels._compile(f, parallel)  # noqa: E731
+        compiled(_kernels._decode_error)(crow, col, vals, w_dec, target, out[0], out[1])
+        compiled(_kernels._code_error_backward)(
+            crow_t, rows_t, order, vals, np.zeros_like(vals), w_dec, r,
+            np.full(n, 2.0, np.float32), xin, out[2], out[3], out[4])
+        compiled(_kernels._project_out_rows)(out[5], w_unit)
+        compiled(_kernels._normalise_rows)(out[6], 1e-12)
+        return out
+
+    threads = torch.get_num_threads()
+    try:
+        _kernels.set_threads(2)
+        parallel = run(True)
+    finally:
+        _kernels.set_threads(threads)
+    for a, b in zip(run(False), parallel, strict=True):
+        assert a.tobytes() == b.tobytes()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

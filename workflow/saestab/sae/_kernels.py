@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
+import types
 from typing import Any
 
 import numpy as np
@@ -35,18 +35,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; this is for for
 
 AVAILABLE = numba is not None
 
-if AVAILABLE and numba.config.THREADING_LAYER == "default" and (
-        "NUMBA_THREADING_LAYER" not in os.environ):
-    # numba's default on Linux without TBB is GNU OpenMP, which terminates a forked child that
-    # launches a kernel after its parent did ("fork() called from a process already using GNU
-    # OpenMP"); "forksafe" is TBB where installed, else numba's own workqueue. Decided at the
-    # process's first parallel launch, so a user's explicit choice, or a launch before this
-    # import, stands.
-    numba.config.THREADING_LAYER = "forksafe"
-
-_LAUNCH = threading.Lock()
-"""One kernel launch at a time: the workqueue layer aborts the process on concurrent launches
-from two threads."""
+_PARALLEL_PID: int | None = None
+"""The process that started numba's threading layer (its first parallel launch), if any."""
 
 
 def set_threads(n: int) -> None:
@@ -148,10 +138,17 @@ def _normalise_rows(w: np.ndarray, eps: float) -> None:  # pragma: no cover
 
 
 @functools.cache
-def _compile(py_func: Any) -> Any:
-    """``py_func`` as a parallel numba function, its machine code cached on disk (next to this
-    file, or in numba's user cache directory) where any location is writable."""
-    opts = {"parallel": True, "fastmath": True, "boundscheck": False}
+def _compile(py_func: Any, parallel: bool) -> Any:
+    """``py_func`` as a numba function, parallel over its ``prange`` loop or serial (``prange``
+    is ``range``), its machine code cached on disk (next to this file, or in numba's user cache
+    directory) where any location is writable."""
+    if not parallel:
+        # numba's cache index does not tell the two apart: a copy of its own name for each
+        py_func = types.FunctionType(py_func.__code__, py_func.__globals__,
+                                     py_func.__name__ + "_serial", py_func.__defaults__,
+                                     py_func.__closure__)
+        py_func.__qualname__ = py_func.__name__
+    opts = {"parallel": parallel, "fastmath": True, "boundscheck": False}
     try:
         return numba.njit(cache=True, **opts)(py_func)
     except RuntimeError as e:  # "cannot cache function ...: no locator available"
@@ -161,11 +158,21 @@ def _compile(py_func: Any) -> Any:
 
 
 def _run(py_func: Any, *args: Any) -> None:
-    """Launch ``py_func`` compiled (:func:`_compile`) on torch's thread count."""
-    kernel = _compile(py_func)
-    with _LAUNCH:
-        set_threads(torch.get_num_threads())
-        kernel(*args)
+    """Run ``py_func`` compiled, in parallel on torch's thread count.
+
+    A process forked after its parent started numba's threading layer runs it serially instead:
+    GNU OpenMP, the layer numba picks here, terminates a child that launches ("fork() called from
+    a process already using GNU OpenMP"), and numba's fork-safe workqueue layer made the
+    training step 1.2-1.4x slower on one thread. The serial code gives the same bits
+    (tests/test_training.py)."""
+    global _PARALLEL_PID
+    pid = os.getpid()
+    if _PARALLEL_PID is not None and _PARALLEL_PID != pid:
+        _compile(py_func, False)(*args)
+        return
+    _PARALLEL_PID = pid
+    set_threads(torch.get_num_threads())
+    _compile(py_func, True)(*args)
 
 
 def code_error_backward(*arrays: np.ndarray) -> None:
