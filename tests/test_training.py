@@ -375,7 +375,7 @@ def test_serial_and_parallel_kernels_give_the_same_bits() -> None:
     def run(parallel: bool) -> list[np.ndarray]:
         out = [np.empty((n, d), np.float32), np.empty(n, np.float32),
                np.empty((m, d), np.float32), np.empty((m, d), np.float32),
-               np.empty(m, np.float32), f32(m, d) * 0 + w_dec, w_dec.copy()]
+               np.empty(m, np.float32), w_dec.copy(), w_dec.copy()]
         compiled = lambda f: _kernels._compile(f, parallel)  # noqa: E731
         compiled(_kernels._decode_error)(crow, col, vals, w_dec, target, out[0], out[1])
         compiled(_kernels._code_error_backward)(

@@ -139,7 +139,7 @@ class _ScanSums:
         self.total = np.zeros(m, dtype=np.float64)
         self.total_sq = np.zeros(m, dtype=np.float64)
         self.vmax = np.zeros(m, dtype=np.float32)
-        self.top = _TopRows(m, k) if k else None
+        self.top = _TopRows(m, k)
 
     def add(self, sae: SAE, x: torch.Tensor, x64: torch.Tensor, start: int) -> None:
         # The code as CSR: decoding and the per-feature sums touch the active entries only.
@@ -156,19 +156,16 @@ class _ScanSums:
         self.total += np.bincount(col, weights=val, minlength=m)
         self.total_sq += np.bincount(col, weights=np.square(val, dtype=np.float64), minlength=m)
         np.maximum.at(self.vmax, col, val)
-        if self.top is not None:
+        if self.top.k:
             self.top.add(row, col, val)
 
     def result(self, sae: SAE, n: int, centered: float) -> FeatureScan:
-        top = self.top
-        k = 0 if top is None else top.k
-        values = np.zeros((k, len(self.count)), np.float32) if top is None else top.values.T
-        rows = np.zeros((k, len(self.count)), np.int64) if top is None else top.rows.T
         return FeatureScan(
             n_tokens=n, sse=float(self.sse), centered=centered, count=self.count,
             total=self.total, total_sq=self.total_sq, max=self.vmax,
             dec_norm=sae.W_dec.detach().double().norm(dim=1).cpu().numpy(),
-            top_values=np.ascontiguousarray(values), top_rows=np.ascontiguousarray(rows))
+            top_values=np.ascontiguousarray(self.top.values.T),
+            top_rows=np.ascontiguousarray(self.top.rows.T))
 
 
 class _TopRows:
