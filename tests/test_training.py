@@ -355,6 +355,34 @@ print("ok")
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
 
 
+def test_kernels_keep_the_granted_thread_count() -> None:
+    """A process that set torch to one thread (a job granted one core) is still on one thread
+    after its first compiled kernel: starting numba's OpenMP layer set the process's OpenMP
+    thread count, which torch shares, to numba's maximum. In a subprocess, so that the layer
+    starts there; numba's maximum is set to 3 so that the test can fail on a 2-core machine."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch
+sys.path.insert(0, "workflow")
+from saestab.sae import _kernels
+torch.set_num_threads(1)
+a = torch.randn(256, 256)
+a @ a  # torch's own OpenMP threads start first, as in a training step
+_kernels.normalise_rows(torch.randn(64, 8))
+a @ a
+print(torch.get_num_threads())
+"""
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                       text=True, timeout=300, check=False,
+                       env={**os.environ, "NUMBA_NUM_THREADS": "3"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "1"
+
+
 def test_serial_and_parallel_kernels_give_the_same_bits() -> None:
     """Each kernel compiled serially (a forked child's) and in parallel (on two threads) gives
     bit-identical outputs on the same inputs."""

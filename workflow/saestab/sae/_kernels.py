@@ -171,8 +171,14 @@ def _run(py_func: Any, *args: Any) -> None:
         _compile(py_func, False)(*args)
         return
     _PARALLEL_PID = pid
-    set_threads(torch.get_num_threads())
+    n = torch.get_num_threads()
+    set_threads(n)
     _compile(py_func, True)(*args)
+    if torch.get_num_threads() != n:
+        # starting numba's OpenMP layer set the process's OpenMP thread count, which torch
+        # shares, to numba's maximum (all cores): a job granted one thread would otherwise run
+        # torch on all of them from here on
+        torch.set_num_threads(n)
 
 
 def code_error_backward(*arrays: np.ndarray) -> None:
