@@ -68,3 +68,41 @@ def test_validation_does_not_mutate_input():
     before = copy.deepcopy(cfg)
     validate_config(cfg)
     assert cfg == before
+
+
+def test_checking_a_config_does_not_import_torch():
+    """Every snakemake process (a dry run, each cluster job's own) checks the configuration; with
+    torch imported for the recipe checks that took about half of a dry run. In a subprocess:
+    this one has imported torch long ago."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, yaml
+sys.path.insert(0, "workflow")
+from pathlib import Path
+from saestab.config import validate_config
+for path in ["config.yaml", "tests/config.yaml", *sorted(map(str, Path("configs").glob("*.yaml")))]:
+    validate_config(yaml.safe_load(Path(path).read_text()), source=path)
+print("torch" in sys.modules)
+"""
+    p = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "False"
+
+
+def test_recipe_rules_name_every_architecture():
+    """The schema's architectures, the registered classes and the recipe rules are the same set,
+    and each class carries its rules."""
+    from saestab import recipes
+    from saestab.config import load_schema
+    from saestab.sae import ARCHITECTURES, get_architecture
+
+    schema = load_schema()["properties"]["sae"]["properties"]["variants"]
+    enum = schema["additionalProperties"]["properties"]["architecture"]["enum"]
+    assert set(enum) == set(ARCHITECTURES) == set(recipes.RULES)
+    for name in ARCHITECTURES:
+        cls, r = get_architecture(name), recipes.RULES[name]
+        assert (cls.uses_k, cls.coefficient_key, cls.has_sparse_path, cls.nested_groups) == (
+            r.uses_k, r.coefficient_key, r.has_sparse_path, r.nested_groups)

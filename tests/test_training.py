@@ -477,9 +477,13 @@ def test_sparse_and_dense_train_the_same_models(caches, arch: str) -> None:
 
 # -- a new architecture is one module --------------------------------------------------------
 def test_a_sixth_architecture_is_one_class(caches, monkeypatch) -> None:
-    """A toy variant (a ReLU SAE whose activations are squared), registered from here and
-    named in the schema's enum, trains through train_group and saves and loads like the rest."""
+    """A toy variant (a ReLU SAE whose activations are squared), registered from here, named
+    in the schema's enum and given its recipe rules (none: no k, no penalty), trains through
+    train_group and saves and loads like the rest."""
+    from saestab import recipes
     from saestab.sae import Architecture, register
+
+    monkeypatch.setitem(recipes.RULES, "squared_relu", recipes.RecipeRules())
 
     @register
     class SquaredReLU(Architecture):

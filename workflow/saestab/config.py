@@ -14,6 +14,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .recipes import recipe_problems
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
 
@@ -85,22 +87,6 @@ def validate_config(config: Mapping[str, Any], schema: str | Path | Mapping[str,
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
     _check_semantics(filled, source)
     return filled
-
-
-def recipe_problems(recipe: Mapping[str, Any]) -> list[str]:
-    """Cross-key problems of one SAE recipe (a ``sae.variants`` entry), as ``"key: reason"``.
-
-    The architecture's class states its own (``k`` needed and at most ``d_sae``, Matryoshka
-    group sizes summing to ``d_sae``); imported here, not at the top, so reading the workflow's
-    configuration does not import torch unless it has variants.
-    """
-    from .sae import get_architecture
-
-    arch = get_architecture(recipe["architecture"])
-    problems = arch.check_recipe(recipe)
-    if recipe.get("decode") == "sparse" and not arch.has_sparse_path:
-        problems.append(f"decode: 'sparse' is not implemented for {arch.name!r}")
-    return problems
 
 
 def validate_recipe(recipe: Mapping[str, Any], source: str = "recipe") -> None:

@@ -10,7 +10,9 @@ Layout:
 * :mod:`.files`: saving, and loading our, SAELens's and sparsify's files.
 
 A new architecture is a new module here whose class is decorated with :func:`register`
-(imported below), plus its name in the schema's ``sae.variants.*.architecture`` enum.
+(imported below), plus its name in the schema's ``sae.variants.*.architecture`` enum and its
+recipe rules (``k``, penalty key, sparse path) in :data:`saestab.recipes.RULES`, which the
+configuration check reads without importing torch.
 """
 
 from . import batchtopk, jumprelu, matryoshka, relu, topk  # noqa: F401  (they register)

@@ -15,6 +15,7 @@ default to unit variance, see ``TrainConfig.normalize``); :meth:`export_tensors`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from .. import recipes
 from . import _kernels
 
 if TYPE_CHECKING:  # the recipe type lives with the trainer
@@ -32,10 +34,17 @@ _REGISTRY: dict[str, type[Architecture]] = {}
 
 
 def register(cls: type[Architecture]) -> type[Architecture]:
-    """Class decorator: make ``cls`` trainable and loadable under ``cls.name``."""
+    """Class decorator: make ``cls`` trainable and loadable under ``cls.name``, with the recipe
+    properties (``uses_k``, ``coefficient_key``, ...) of its entry in
+    :data:`saestab.recipes.RULES`, which a new architecture adds there."""
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"architecture {cls.name!r} is already registered "
                          f"({_REGISTRY[cls.name].__module__})")
+    if cls.name not in recipes.RULES:
+        raise ValueError(f"architecture {cls.name!r} ({cls.__module__}) has no entry in "
+                         "saestab.recipes.RULES: add its recipe rules there")
+    for f in dataclasses.fields(recipes.RecipeRules):
+        setattr(cls, f.name, getattr(recipes.RULES[cls.name], f.name))
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -72,6 +81,7 @@ class Architecture(torch.nn.Module):
     name: ClassVar[str]
     saelens_name: ClassVar[str]
     """SAELens's name of the inference rule, written to ``cfg.json`` so SAELens loads the file."""
+    # the recipe properties, set by :func:`register` from saestab.recipes.RULES
     uses_k: ClassVar[bool] = False
     """Trained with ``k`` active latents per token (the recipe must give ``k <= d_sae``)."""
     infers_with_k: ClassVar[bool] = False
@@ -85,6 +95,8 @@ class Architecture(torch.nn.Module):
     coefficient_key: ClassVar[str | None] = None
     """The recipe key of the sparsity-penalty coefficient (None: no penalty to steer, so no
     ``target_l0`` mode; see :class:`Penalised`)."""
+    nested_groups: ClassVar[bool] = False
+    """The latents form nested prefixes (``matryoshka_groups``)."""
 
     since_fired: torch.Tensor
 
@@ -111,22 +123,6 @@ class Architecture(torch.nn.Module):
         return self.W_dec.shape[0]
 
     # -- the recipe (class level: used before a model exists) --------------------------------
-    @classmethod
-    def check_recipe(cls, recipe: Mapping[str, Any]) -> list[str]:
-        """Problems of a recipe that a JSON schema cannot express, as ``"key: reason"``."""
-        k = recipe.get("k")
-        if cls.uses_k and not k:
-            return [f"k: required for architecture {cls.name!r}"]
-        if cls.uses_k and k > recipe["d_sae"]:
-            return [f"k: {k} exceeds d_sae ({recipe['d_sae']})"]
-        target = recipe.get("target_l0")
-        if target is not None and cls.coefficient_key is None:
-            return [f"target_l0: architecture {cls.name!r} has no sparsity penalty to steer "
-                    f"(its L0 is set by k)"]
-        if target is not None and target > recipe["d_sae"]:
-            return [f"target_l0: {target} exceeds d_sae ({recipe['d_sae']})"]
-        return []
-
     @classmethod
     def recipe_defaults(cls, cfg: TrainConfig, d_in: int, total_steps: int) -> dict[str, Any]:
         """Values for the recipe's unset (None) keys that this architecture decides.

@@ -76,7 +76,6 @@ class JumpReLU(Penalised):
     name = "jumprelu"
     saelens_name = "jumprelu"
     has_threshold = True
-    coefficient_key = "l0_coefficient"
     # the thresholds follow lambda slowly (log-thresholds move ~lr per step), so L0 lags by
     # hundreds of steps: on SmolLM2 a rate of 10 oscillated (L0 20-60), 3 settled (3 of 3
     # seeds at L0 34) and 1 was slower to correct the drift (L0 40 after 4 epochs); the gain

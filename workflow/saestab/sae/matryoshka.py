@@ -7,7 +7,6 @@ on their own, which pushes general features to the front. Inference as BatchTopK
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,16 +21,6 @@ if TYPE_CHECKING:
 @register
 class Matryoshka(BatchTopK):
     name = "matryoshka"
-    has_sparse_path = False  # the prefix losses need the dense code
-
-    @classmethod
-    def check_recipe(cls, recipe: Mapping[str, Any]) -> list[str]:
-        groups = recipe.get("matryoshka_groups")
-        problems = super().check_recipe(recipe)
-        if groups and sum(groups) != recipe["d_sae"]:
-            problems.append(f"matryoshka_groups: sizes sum to {sum(groups)}, not d_sae "
-                            f"({recipe['d_sae']})")
-        return problems
 
     @classmethod
     def recipe_defaults(cls, cfg: TrainConfig, d_in: int, total_steps: int) -> dict[str, Any]:

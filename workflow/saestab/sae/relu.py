@@ -26,7 +26,6 @@ class ReLU(Penalised):
     name = "relu"
     saelens_name = "standard"
     unit_norm_decoder = False
-    coefficient_key = "l1_coefficient"
     # L0 follows lambda within tens of steps (the encoder moves ~lr per step), so a fast start
     # (rate 10: 188-step runs of the tests' tiny model reach the target; rate 3 fell 27% short)
     # that slows down once settled: at a constant 10 on SmolLM2 one seed in three met loss
@@ -34,7 +33,6 @@ class ReLU(Penalised):
     # 3 late in training rode them out (3 of 3 seeds at L0 34, EV 0.73)
     TARGET_L0_RATE = 10.0
     CONTROL_SETTLE = 2.0  # halved after 500 steps at lr 4e-3
-    has_sparse_path = True
     SPARSE_MAX_L0_SHARE: ClassVar[float] = 0.1
     """The sparse path runs while every seed's training L0 (its moving average) is at most this
     share of the latents; above it (the first steps, with the penalty still warming up) the

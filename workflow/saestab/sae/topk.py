@@ -56,8 +56,6 @@ class TopKFamily(Architecture):
     path. Subclasses say which pre-activations are kept (:meth:`activation`,
     :meth:`sparse_select`)."""
 
-    uses_k = True
-    has_sparse_path = True
 
     def __init__(self, cfg: TrainConfig, d_in: int, n_seeds: int):
         super().__init__(cfg, d_in, n_seeds)
