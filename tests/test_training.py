@@ -258,12 +258,17 @@ def test_positive_entries_pads_to_one_count() -> None:
         assert bool((flat.diff() > 0).all())  # distinct positions in row-major order
 
 
+@pytest.mark.parametrize("block_bytes", [None, 8 * 97 * 7])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_top_indices_are_the_k_largest_in_column_order(dtype: torch.dtype) -> None:
+def test_top_indices_are_the_k_largest_in_column_order(dtype: torch.dtype, block_bytes,
+                                                       monkeypatch) -> None:
     """The CPU selection (numpy's introselect) keeps torch.topk's set, in column order, with
-    its rows split between three threads as on one."""
+    its rows split between three threads as on one, and in blocks of 7 rows as in one."""
+    from saestab.sae import _sparse
     from saestab.sae._sparse import top_indices
 
+    if block_bytes is not None:
+        monkeypatch.setattr(_sparse, "_SELECT_BLOCK_BYTES", block_bytes)
     x = torch.randn(3, 80, 97, dtype=dtype, generator=torch.Generator().manual_seed(2))
     threads = torch.get_num_threads()
     try:

@@ -58,12 +58,17 @@ def top_indices(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 _MIN_ROWS_PER_THREAD = 64
+_SELECT_BLOCK_BYTES = 64 * 2**20
+"""Rows are selected in blocks whose int64 index array (argpartition's output, as large as its
+input) stays within this: one (4096, 16384) batch would otherwise need 512 MB of them."""
 
 
 def _select_rows(a: np.ndarray, out: np.ndarray, k: int) -> None:
     """``out`` = the column positions of each row's ``k`` largest entries, in column order."""
     n = a.shape[-1]
-    out[:] = np.argpartition(a, n - k, axis=-1)[:, n - k:]
+    rows = max(1, _SELECT_BLOCK_BYTES // (8 * n))
+    for i in range(0, a.shape[0], rows):
+        out[i:i + rows] = np.argpartition(a[i:i + rows], n - k, axis=-1)[:, n - k:]
     out.sort(axis=-1)
 
 
