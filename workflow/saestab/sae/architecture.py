@@ -81,7 +81,8 @@ class Architecture(torch.nn.Module):
     name: ClassVar[str]
     saelens_name: ClassVar[str]
     """SAELens's name of the inference rule, written to ``cfg.json`` so SAELens loads the file."""
-    # the recipe properties, set by :func:`register` from saestab.recipes.RULES
+    # uses_k, has_sparse_path, coefficient_key and nested_groups: set by :func:`register` from
+    # the class's entry in saestab.recipes.RULES (the others each class states itself)
     uses_k: ClassVar[bool] = False
     """Trained with ``k`` active latents per token (the recipe must give ``k <= d_sae``)."""
     infers_with_k: ClassVar[bool] = False
