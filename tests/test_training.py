@@ -258,17 +258,17 @@ def test_positive_entries_pads_to_one_count() -> None:
         assert bool((flat.diff() > 0).all())  # distinct positions in row-major order
 
 
-@pytest.mark.parametrize("block_bytes", [None, 8 * 97 * 7])
+@pytest.mark.parametrize("blocks_of_7", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_top_indices_are_the_k_largest_in_column_order(dtype: torch.dtype, block_bytes,
+def test_top_indices_are_the_k_largest_in_column_order(dtype: torch.dtype, blocks_of_7,
                                                        monkeypatch) -> None:
     """The CPU selection (numpy's introselect) keeps torch.topk's set, in column order, with
     its rows split between three threads as on one, and in blocks of 7 rows as in one."""
     from saestab.sae import _sparse
     from saestab.sae._sparse import top_indices
 
-    if block_bytes is not None:
-        monkeypatch.setattr(_sparse, "_SELECT_BLOCK_BYTES", block_bytes)
+    if blocks_of_7:  # the block's temporaries: a copy of the values, a mask, int64 indices
+        monkeypatch.setattr(_sparse, "_SELECT_BLOCK_BYTES", (dtype.itemsize + 8) * 97 * 7)
     x = torch.randn(3, 80, 97, dtype=dtype, generator=torch.Generator().manual_seed(2))
     threads = torch.get_num_threads()
     try:
@@ -280,6 +280,28 @@ def test_top_indices_are_the_k_largest_in_column_order(dtype: torch.dtype, block
                 assert torch.equal(idx, x.topk(k, dim=-1).indices.sort(dim=-1).values), k
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_indices_with_ties_at_the_threshold(dtype: torch.dtype) -> None:
+    """Rows whose k-th largest value is tied (here values on a coarse grid, and a constant row)
+    still get k distinct columns in column order holding the k largest values, beside rows
+    without ties in the same block."""
+    from saestab.sae._sparse import top_indices
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 50, dtype=dtype, generator=g)
+    x[::2] = torch.randint(0, 4, (20, 50), generator=g).to(dtype)  # ties in every even row
+    x[5] = 1.0
+    for k in (1, 6, 49):
+        idx = top_indices(x, k)
+        assert idx.shape == (40, k)
+        assert bool((idx.diff(dim=-1) > 0).all())  # distinct, in column order
+        want = x.topk(k, dim=-1).values.sort(dim=-1).values
+        assert torch.equal(x.gather(-1, idx).sort(dim=-1).values, want), k
+        odd = torch.arange(1, 40, 2)
+        odd = odd[odd != 5]
+        assert torch.equal(idx[odd], x[odd].topk(k, dim=-1).indices.sort(dim=-1).values)
 
 
 def _top_indices_on_two_threads(x: torch.Tensor) -> torch.Tensor:
