@@ -77,7 +77,8 @@ def _select_rows(a: np.ndarray, out: np.ndarray, k: int) -> None:
     rows = max(1, _SELECT_BLOCK_BYTES // ((a.itemsize + 8) * n))
     for i in range(0, a.shape[0], rows):
         block, dest = a[i:i + rows], out[i:i + rows]
-        kth = np.partition(block, n - k, axis=-1)[:, n - k:n - k + 1]
+        # a copy, so that the partitioned block is freed before the mask is made
+        kth = np.partition(block, n - k, axis=-1)[:, n - k:n - k + 1].copy()
         keep = block >= kth
         exact = np.count_nonzero(keep, axis=1) == k
         if exact.all():
