@@ -85,7 +85,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
 from saestab.activations import ActivationCache, write_cache  # noqa: E402
 from saestab.sae import SAE, fold_input_scale, load_sae, sae_from_tensors  # noqa: E402
-from saestab.sae._sparse import top_indices  # noqa: E402
+from saestab.sae._sparse import _select_rows, top_indices  # noqa: E402
 from saestab.training import (  # noqa: E402
     RunOptions,
     ShuffledStream,
@@ -500,11 +500,37 @@ def profile_steps(cache: ActivationCache, cfg: TrainConfig, n: int, top: int = 1
         top_indices(pre, int(rcfg.k))  # type: ignore[arg-type]
     select = (time.perf_counter() - t0) / n * 1e3
     print(f"   {'top_indices (numpy, timed apart)':<34}{1.0:>11.1f}{select:>10.2f}")
+    compare_selection(pres, int(rcfg.k))  # type: ignore[arg-type]
     floor = select + sum(e.self_cpu_time_total for e in ops if e.key in FLOOR_OPS) / n / 1e3
     step = total + select
     print(f"   floor (top_indices, {', '.join(FLOOR_OPS)}): {floor:.2f} ms/step, "
           f"{100 * floor / step:.0f}% of the step's {step:.1f} ms; a step of only these would "
           f"train {data.stream.batch_size / floor * 1e3:,.0f} tokens/s")
+
+
+def compare_selection(pres: list[torch.Tensor], k: int, rounds: int = 3) -> None:
+    """The CPU selection (``_select_rows``: each row's k-th largest value as a threshold)
+    against ``np.argpartition`` plus a sort of its indices, the method it replaced, on the same
+    pre-activations, both on one thread; alternated ``rounds`` times, best of each."""
+    rows = [p.reshape(-1, p.shape[-1]).numpy() for p in pres]
+    n = rows[0].shape[1]
+
+    def by_threshold(a: np.ndarray) -> None:
+        _select_rows(a, np.empty((a.shape[0], k), dtype=np.int64), k)
+
+    def by_argpartition(a: np.ndarray) -> None:
+        np.argpartition(a, n - k, axis=-1)[:, n - k:].sort(axis=-1)
+
+    best = {"threshold": math.inf, "argpartition": math.inf}
+    for _ in range(rounds):
+        for name, select in (("threshold", by_threshold), ("argpartition", by_argpartition)):
+            t0 = time.perf_counter()
+            for a in rows:
+                select(a)
+            best[name] = min(best[name], (time.perf_counter() - t0) / len(rows) * 1e3)
+    print(f"   selection on one thread, {rows[0].shape[0]} x {n}, k {k} (best of {rounds}): "
+          f"threshold {best['threshold']:.2f} ms, argpartition + sort "
+          f"{best['argpartition']:.2f} ms, ratio {best['argpartition'] / best['threshold']:.2f}x")
 
 
 if __name__ == "__main__":

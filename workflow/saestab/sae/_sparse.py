@@ -69,10 +69,10 @@ def _select_rows(a: np.ndarray, out: np.ndarray, k: int) -> None:
 
     Each row's k-th largest value (``np.partition``, introselect on a copy of the values) is a
     threshold, and the entries at or above it, found in one pass in column order, are the
-    selection wherever a row has exactly ``k`` of them (no tie at the threshold, no NaN). That
-    took 1.3-1.6x less time than ``np.argpartition`` plus a sort of its (B, k) indices on
-    training steps' pre-activations (bench/train_throughput.py's selection timing); rows with
-    ties go through ``argpartition``."""
+    selection wherever a row has exactly ``k`` of them (no tie at the threshold, no NaN): faster
+    than ``np.argpartition`` plus a sort of its (B, k) indices on training steps'
+    pre-activations (``bench/train_throughput.py --profile`` times both). Rows with ties go
+    through ``argpartition``."""
     n = a.shape[-1]
     rows = max(1, _SELECT_BLOCK_BYTES // ((a.itemsize + 8) * n))
     for i in range(0, a.shape[0], rows):
