@@ -84,8 +84,7 @@ def _select_rows(a: np.ndarray, out: np.ndarray, k: int) -> None:
         if exact.all():
             np.remainder(np.flatnonzero(keep).reshape(-1, k), n, out=dest)
             continue
-        if exact.any():
-            dest[exact] = np.flatnonzero(keep[exact]).reshape(-1, k) % n
+        dest[exact] = np.flatnonzero(keep[exact]).reshape(-1, k) % n
         tied = ~exact
         sel = np.argpartition(block[tied], n - k, axis=-1)[:, n - k:]
         sel.sort(axis=-1)
