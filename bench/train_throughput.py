@@ -7,7 +7,8 @@ Usage:
 (with the project's venv: ``.venv/bin/python bench/train_throughput.py``).
 
 What it measures (TopK SAE, defaults d = 576 from the cache, m = 1152, k = 32, batch 512,
-one epoch of the training cache, ~180k tokens; lr = our trainer's default for m):
+one epoch of the training cache, 549,376 tokens of the default one; lr = our trainer's default
+for m):
 
 1. **Ours vs SAELens.** ``saestab.training.train_group`` (one seed) and SAELens's own
    ``SAETrainer`` + ``TopKTrainingSAE`` (in a subprocess in ``bench/.venv-saelens``, see
@@ -223,7 +224,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=None,
                     help="training tokens per SAE in part 1 (default: one epoch of the training "
-                         "cache, 180224 for the real one)")
+                         "cache: 549376 for the default run's)")
     ap.add_argument("--synthetic", action="store_true", help="use a synthetic cache")
     ap.add_argument("--cache", default=str(DEFAULT_CACHE),
                     help="directory holding the train/ and eval/ caches")
