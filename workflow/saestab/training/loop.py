@@ -409,8 +409,8 @@ class _Metrics:
         self.sse += out.sse.double()
         self.aux += out.aux.double()
         self.l0 += out.l0.double()
-        # the batch's centred sum of squares, ||x||^2 - ||sum x||^2 / n: two reads of x and no
-        # centred copy, which took twice as long; float32 norms, as for a log line
+        # the batch's centred sum of squares, ||x||^2 - ||sum x||^2 / n: two reads of x instead
+        # of a centred copy; float32 norms, as for a log line
         total = torch.linalg.vector_norm(x).double().square()
         self.var += total - torch.linalg.vector_norm(x.sum(0)).double().square() / x.shape[0]
         self.n_batches += 1
