@@ -37,8 +37,9 @@ for m):
    one seed (after 20 warm-up steps), the operators by self CPU time per step, and the share of
    the step taken by the three it cannot do without (the encoder matmul ``baddbmm``, the top-k
    selection and the fused Adam update): the step's floor on this machine. On a CPU the
-   selection is numpy's introselect (``top_indices``), which the profiler does not see; it is
-   timed apart on the same steps' pre-activations and added to the step.
+   selection is a compiled kernel (``top_indices``), which the profiler does not see; it is
+   timed apart on the same steps' pre-activations and added to the step, and compared on one
+   thread with the numpy selections it replaced.
 
 The machine has 2 cores and is shared with other processes, so each comparison alternates A and
 B (``--repeats``, 3 by default) and keeps the better of each; part 1 also prints each
@@ -85,7 +86,13 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
 from saestab.activations import ActivationCache, write_cache  # noqa: E402
-from saestab.sae import SAE, fold_input_scale, load_sae, sae_from_tensors  # noqa: E402
+from saestab.sae import (  # noqa: E402
+    SAE,
+    _kernels,
+    fold_input_scale,
+    load_sae,
+    sae_from_tensors,
+)
 from saestab.sae._sparse import _select_rows, top_indices  # noqa: E402
 from saestab.training import (  # noqa: E402
     RunOptions,
@@ -490,8 +497,8 @@ def profile_steps(cache: ActivationCache, cfg: TrainConfig, n: int, top: int = 1
     for e in ops[:top]:
         ms = e.self_cpu_time_total / n / 1e3
         print(f"   {e.key:<34}{e.count / n:>11.1f}{ms:>10.2f}{100 * ms / total:>7.1f}%")
-    # on a CPU the selection is numpy's (saestab.sae._sparse.top_indices), which the profiler
-    # does not see: timed here on the same steps' pre-activations, outside the profiler
+    # on a CPU the selection is a compiled kernel (saestab.sae._sparse.top_indices), which the
+    # profiler does not see: timed here on the same steps' pre-activations, outside the profiler
     model = state.model
     with torch.no_grad():
         pres = [torch.baddbmm(model.b_enc.unsqueeze(1), xs[s].unsqueeze(0)
@@ -500,7 +507,7 @@ def profile_steps(cache: ActivationCache, cfg: TrainConfig, n: int, top: int = 1
     for pre in pres:
         top_indices(pre, int(rcfg.k))  # type: ignore[arg-type]
     select = (time.perf_counter() - t0) / n * 1e3
-    print(f"   {'top_indices (numpy, timed apart)':<34}{1.0:>11.1f}{select:>10.2f}")
+    print(f"   {'top_indices (timed apart)':<34}{1.0:>11.1f}{select:>10.2f}")
     compare_selection(pres, int(rcfg.k))  # type: ignore[arg-type]
     floor = select + sum(e.self_cpu_time_total for e in ops if e.key in FLOOR_OPS) / n / 1e3
     step = total + select
@@ -510,11 +517,15 @@ def profile_steps(cache: ActivationCache, cfg: TrainConfig, n: int, top: int = 1
 
 
 def compare_selection(pres: list[torch.Tensor], k: int, rounds: int = 3) -> None:
-    """The CPU selection (``_select_rows``: each row's k-th largest value as a threshold)
-    against ``np.argpartition`` plus a sort of its indices, the method it replaced, on the same
-    pre-activations, both on one thread; alternated ``rounds`` times, best of each."""
+    """The CPU selection on one thread: the compiled kernel (``_kernels.select_top``, a
+    threshold by bisection) against the two numpy selections before it, ``_select_rows`` (each
+    row's k-th largest value by introselect as a threshold) and ``np.argpartition`` plus a sort
+    of its indices, on the same pre-activations; alternated ``rounds`` times, best of each."""
     rows = [p.reshape(-1, p.shape[-1]).numpy() for p in pres]
     n = rows[0].shape[1]
+
+    def by_kernel(a: np.ndarray) -> None:
+        _kernels.select_top(a, np.empty((a.shape[0], k), dtype=np.int64), k)
 
     def by_threshold(a: np.ndarray) -> None:
         _select_rows(a, np.empty((a.shape[0], k), dtype=np.int64), k)
@@ -522,16 +533,23 @@ def compare_selection(pres: list[torch.Tensor], k: int, rounds: int = 3) -> None
     def by_argpartition(a: np.ndarray) -> None:
         np.argpartition(a, n - k, axis=-1)[:, n - k:].sort(axis=-1)
 
-    best = {"threshold": math.inf, "argpartition": math.inf}
-    for _ in range(rounds):
-        for name, select in (("threshold", by_threshold), ("argpartition", by_argpartition)):
-            t0 = time.perf_counter()
-            for a in rows:
-                select(a)
-            best[name] = min(best[name], (time.perf_counter() - t0) / len(rows) * 1e3)
+    methods = {"kernel": by_kernel, "threshold": by_threshold, "argpartition": by_argpartition}
+    best = dict.fromkeys(methods, math.inf)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the kernel runs on torch's thread count
+    try:
+        for _ in range(rounds):
+            for name, select in methods.items():
+                t0 = time.perf_counter()
+                for a in rows:
+                    select(a)
+                best[name] = min(best[name], (time.perf_counter() - t0) / len(rows) * 1e3)
+    finally:
+        torch.set_num_threads(threads)
     print(f"   selection on one thread, {rows[0].shape[0]} x {n}, k {k} (best of {rounds}): "
-          f"threshold {best['threshold']:.2f} ms, argpartition + sort "
-          f"{best['argpartition']:.2f} ms, ratio {best['argpartition'] / best['threshold']:.2f}x")
+          f"kernel {best['kernel']:.2f} ms, numpy threshold {best['threshold']:.2f} ms "
+          f"({best['threshold'] / best['kernel']:.2f}x), argpartition + sort "
+          f"{best['argpartition']:.2f} ms ({best['argpartition'] / best['kernel']:.2f}x)")
 
 
 if __name__ == "__main__":

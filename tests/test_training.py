@@ -269,17 +269,56 @@ def test_top_indices_are_the_k_largest_in_column_order(dtype: torch.dtype, block
 
     if blocks_of_7:  # the block's temporaries: a copy of the values, a mask, int64 indices
         monkeypatch.setattr(_sparse, "_SELECT_BLOCK_BYTES", (dtype.itemsize + 8) * 97 * 7)
-    x = torch.randn(3, 80, 97, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
     threads = torch.get_num_threads()
     try:
-        for n_threads in (1, 3):
-            torch.set_num_threads(n_threads)
-            for k in (1, 7, 96):
-                idx = top_indices(x, k)
-                assert idx.shape == (3, 80, k) and idx.dtype == torch.int64
-                assert torch.equal(idx, x.topk(k, dim=-1).indices.sort(dim=-1).values), k
+        # k of 97 goes to numpy for k > 97 / 16; k of 600 to the compiled kernel up to 37
+        for n, ks in ((97, (1, 7, 96)), (600, (1, 7, 37))):
+            x = torch.randn(3, 80, n, dtype=dtype, generator=g)
+            for n_threads in (1, 3):
+                torch.set_num_threads(n_threads)
+                for k in ks:
+                    idx = top_indices(x, k)
+                    assert idx.shape == (3, 80, k) and idx.dtype == torch.int64
+                    assert torch.equal(idx, x.topk(k, dim=-1).indices.sort(dim=-1).values), k
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_indices_kernel_with_ties_nan_and_infinities(dtype: torch.dtype,
+                                                         monkeypatch) -> None:
+    """The compiled selection keeps numpy's selection on rows without ties; on rows with ties at
+    the threshold, infinities or NaN (which it gives back to numpy) it still returns k distinct
+    columns in column order, the k largest values where there is no NaN."""
+    from saestab.sae import _kernels, _sparse
+    from saestab.sae._sparse import top_indices
+
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba is not installed")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 400, dtype=dtype, generator=g)
+    plain = torch.arange(8, 64)
+    x[0] = torch.randint(0, 3, (400,), generator=g).to(dtype)  # ties at every threshold
+    x[1] = 2.0  # all tied
+    x[2] = -torch.inf
+    x[3, ::50] = torch.inf  # 8 infinite entries, fewer than k
+    x[4, ::2] = torch.inf  # more infinite entries than k
+    x[5, 7] = x[6, ::3] = x[7] = torch.nan
+    for k in (1, 10, 25):
+        # the rows the kernel gives back: the NaN row, and infinities it cannot bisect past
+        failed = _kernels.select_top(x.numpy(), np.empty((64, k), dtype=np.int64), k)
+        assert failed[7] and set(np.flatnonzero(failed)) <= {3, 7}, k
+        idx = top_indices(x, k)
+        assert idx.shape == (64, k) and bool((idx.diff(dim=-1) > 0).all())
+        assert bool(((idx >= 0) & (idx < 400)).all())
+        want = x.topk(k, dim=-1).values.sort(dim=-1).values
+        got = x.gather(-1, idx).sort(dim=-1).values
+        assert torch.equal(got[:5], want[:5]), k  # ties and infinities: the k largest values
+        assert torch.equal(idx[1], torch.arange(k))  # a tie goes to the lowest columns
+        monkeypatch.setattr(_sparse, "USE_KERNELS", False)
+        assert torch.equal(idx[plain], top_indices(x, k)[plain])
+        monkeypatch.setattr(_sparse, "USE_KERNELS", True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -1,6 +1,8 @@
 """Compiled CPU kernels (numba) for the TopK-family training step, where torch has no fused
 equivalent:
 
+- the top-k selection: a threshold per row by bisection among the entries above a lower bound
+  (numpy has only a partition, which moves the row's values around, and a sort);
 - the decoder-norm constraint: each row's gradient projected and each row renormalised in one
   pass over it (torch: a product, a reduction and an update, each a pass over memory);
 - the sparse code's forward: each token decoded through its active latents and its squared
@@ -112,6 +114,89 @@ def _decode_error(crow: np.ndarray, col: np.ndarray, vals: np.ndarray, w_dec: np
         err[b] = s
 
 
+def _select_top(a: np.ndarray, out: np.ndarray, k: int, n_chunks: int,
+                failed: np.ndarray) -> None:  # pragma: no cover
+    """``out[b]`` = the columns of the ``k`` largest entries of row ``a[b]``, in column order,
+    where a tie at the k-th largest value goes to the lowest columns; ``failed[b]`` where no
+    such threshold was found (a NaN, or infinities), the caller's to redo. Per row:
+
+    1. ``t0``, the least of the maxima of ``k`` blocks of columns: ``k`` distinct entries are at
+       or above it, and on training steps' pre-activations about a tenth of a row;
+    2. those entries are copied out (branch-free), and a threshold with exactly ``k`` of them at
+       or above it is found by bisecting the values between ``t0`` and their maximum, each step
+       a count (no sort, no partition);
+    3. where bisection runs out of floats between two neighbours (a tie), the threshold is the
+       k-th largest value, and the entries above it are kept, then the tied ones in column
+       order.
+
+    Rows are processed in ``n_chunks`` contiguous chunks, each with one scratch row.
+    """
+    n_rows, n = a.shape
+    for ch in numba.prange(n_chunks):
+        vals = np.empty(n, a.dtype)
+        cols = np.empty(n, np.int64)
+        for b in range(ch * n_rows // n_chunks, (ch + 1) * n_rows // n_chunks):
+            row = a[b]
+            t0 = np.inf
+            for i in range(k):
+                mx = -np.inf
+                for p in range(i * n // k, (i + 1) * n // k):
+                    if row[p] > mx:
+                        mx = row[p]
+                if mx < t0:
+                    t0 = mx
+            c = 0
+            for p in range(n):
+                vals[c] = row[p]
+                cols[c] = p
+                c += row[p] >= t0
+            hi = t0
+            for q in range(c):
+                if vals[q] > hi:
+                    hi = vals[q]
+            # invariant: at least k candidates >= lo, fewer than k >= hi (none above the max)
+            lo, n_lo, top = t0, c, hi
+            while n_lo != k:
+                mid = lo + (hi - lo) * 0.5
+                if not (lo < mid < hi):
+                    break
+                m = 0
+                for q in range(c):
+                    m += vals[q] >= mid
+                if m >= k:
+                    lo, n_lo = mid, m
+                else:
+                    hi = mid
+            n_gt = 0
+            if n_lo != k:  # ties: lo must be the k-th largest value itself
+                for q in range(c):
+                    n_gt += vals[q] > lo
+            if not (n_lo >= k > n_gt and lo <= top):
+                failed[b] = True
+                continue
+            dest = out[b]
+            if n_gt == 0:
+                # exactly k candidates at or above lo, or none above it (all tied at lo):
+                # the first k of them, compacted in place
+                j = 0
+                for q in range(c):
+                    cols[j] = cols[q]
+                    j += vals[q] >= lo
+                for q in range(k):
+                    dest[q] = cols[q]
+                continue
+            ties, j = k - n_gt, 0
+            for q in range(c):
+                v = vals[q]
+                if v > lo or (v == lo and ties > 0):
+                    if v == lo:
+                        ties -= 1
+                    dest[j] = cols[q]
+                    j += 1
+                    if j == k:
+                        break
+
+
 def _project_out_rows(g: np.ndarray, w: np.ndarray) -> None:  # pragma: no cover
     """``g[j] -= <g[j], w[j]> w[j]`` for every row ``j`` (``w``'s rows of unit norm)."""
     n, d = g.shape
@@ -137,6 +222,9 @@ def _normalise_rows(w: np.ndarray, eps: float) -> None:  # pragma: no cover
             w[j, t] /= norm
 
 
+_EXACT = {"_select_top", "_select_top_serial"}
+
+
 @functools.cache
 def _compile(py_func: Any, parallel: bool) -> Any:
     """``py_func`` as a numba function, parallel over its ``prange`` loop or serial (``prange``
@@ -148,7 +236,10 @@ def _compile(py_func: Any, parallel: bool) -> Any:
                                      py_func.__name__ + "_serial", py_func.__defaults__,
                                      py_func.__closure__)
         py_func.__qualname__ = py_func.__name__
-    opts = {"parallel": parallel, "fastmath": True, "boundscheck": False}
+    # the selection compares values, and fastmath's "no NaN, no infinity" would let it assume
+    # away the cases it must detect
+    opts = {"parallel": parallel, "fastmath": py_func.__name__ not in _EXACT,
+            "boundscheck": False}
     try:
         return numba.njit(cache=True, **opts)(py_func)
     except RuntimeError as e:  # "cannot cache function ...: no locator available"
@@ -184,6 +275,14 @@ def _run(py_func: Any, *args: Any) -> None:
 def code_error_backward(*arrays: np.ndarray) -> None:
     """:func:`_code_error_backward`, compiled on first use."""
     _run(_code_error_backward, *arrays)
+
+
+def select_top(a: np.ndarray, out: np.ndarray, k: int) -> np.ndarray:
+    """:func:`_select_top` on the (rows, n) array ``a`` into ``out`` (rows, k); returns the rows
+    it could not do (bool)."""
+    failed = np.zeros(a.shape[0], dtype=np.bool_)
+    _run(_select_top, a, out, k, max(1, min(a.shape[0], 4 * torch.get_num_threads())), failed)
+    return failed
 
 
 def decode_error(*arrays: np.ndarray) -> None:

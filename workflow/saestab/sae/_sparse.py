@@ -36,13 +36,25 @@ def top_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     """Positions of the ``k`` largest entries along the last dimension of ``x``, in increasing
     order within each row (the column order CSR rows need); ties are broken arbitrarily.
 
-    On a CPU this is numpy (:func:`_select_rows`): ``torch.topk`` there took 3x as long on a
-    training step's (512, 1152) pre-activations. numpy selects on one thread, so the rows are
-    split between torch's threads (each row's result does not depend on the split)."""
+    On a CPU this is a compiled kernel (:func:`._kernels.select_top`: a threshold per row found
+    by bisection among the entries above the least of ``k`` block maxima), or without numba
+    numpy's introselect (:func:`_select_rows`), which also takes the rows the kernel gives back
+    (a NaN) and selections of more than a 16th of a row. On a training step's (512, 1152)
+    pre-activations ``torch.topk`` is the slowest of the three and the kernel the fastest
+    (``bench/train_throughput.py --profile`` times the kernel and the numpy ones). numpy
+    selects on one thread, so there the rows are split between torch's threads (each row's
+    result does not depend on the split)."""
     n = x.shape[-1]
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and 0 < k < n:
         a = x.detach().reshape(-1, n).numpy()
         idx = np.empty((a.shape[0], k), dtype=np.int64)
+        if USE_KERNELS and _kernels.AVAILABLE and k * _KERNEL_MIN_RATIO <= n:
+            failed = _kernels.select_top(np.ascontiguousarray(a), idx, k)
+            if failed.any():
+                rest = np.empty((int(failed.sum()), k), dtype=np.int64)
+                _select_rows(a[failed], rest, k)
+                idx[failed] = rest
+            return torch.from_numpy(idx).view(*x.shape[:-1], k)
         parts = min(torch.get_num_threads(), a.shape[0] // _MIN_ROWS_PER_THREAD)
         if parts > 1:
             cuts = np.linspace(0, a.shape[0], parts + 1).astype(int)
@@ -57,6 +69,10 @@ def top_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
 
 
+_KERNEL_MIN_RATIO = 16
+"""The kernel selects k of n where n >= 16 k (a TopK step's k = 32 of 1152): with k a larger
+share of the row, bisection has more candidates to count on each step than numpy's introselect
+has to move (AuxK's 288 of 600 dead latents took 1.3x as long)."""
 _MIN_ROWS_PER_THREAD = 64
 _SELECT_BLOCK_BYTES = 64 * 2**20
 """Rows are selected in blocks whose temporaries (a copy of the values and a mask, or
