@@ -168,6 +168,28 @@ def test_spliced_loss_nothing_masked_with_error_is_clean(tiny_model, runners) ->
     assert (df["n_patched"] == 6 * 23).all()  # BOS position left alone
 
 
+def test_spliced_losses_share_the_clean_run(runners) -> None:
+    """Several SAEs on the same contexts: one clean run per context batch in all, and per SAE
+    the same numbers as measuring it alone."""
+    rng = np.random.default_rng(3)
+    contexts = rng.integers(0, 256, (6, 20))
+    saes = [(random_sae(32, 64, seed=s), {"some": np.arange(s, 64, 5)}) for s in (7, 8, 9)]
+    run_clean, run_patched = runners
+    calls = []
+
+    def counted(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(tokens.shape[0])
+        return run_clean(tokens)
+
+    together = masking.spliced_losses(counted, run_patched, saes, contexts, batch_size=4)
+    assert calls == [4, 2]  # two batches, each run clean once for the three SAEs
+    for (sae, sets), df in zip(saes, together, strict=True):
+        alone = masking.spliced_loss(run_clean, run_patched, sae, contexts, sets, batch_size=4)
+        pd.testing.assert_frame_equal(df, alone)
+    # different SAEs, different losses: the tables are not one table three times
+    assert together[0]["kl"].iloc[-1] != together[1]["kl"].iloc[-1]
+
+
 def test_spliced_loss_leaves_outlier_positions_alone(runners) -> None:
     rng = np.random.default_rng(1)
     contexts = rng.integers(0, 256, (2, 16))

@@ -400,65 +400,82 @@ def _loss_terms(logits: torch.Tensor, clean: _CleanRun) -> tuple[float, float]:
 
 @torch.no_grad()
 def spliced_loss(run_clean: RunClean, run_patched: RunPatched, sae: SAE, contexts: np.ndarray,
-                 sets: Mapping[str, np.ndarray], *, outlier_threshold: float | None = None,
-                 error_modes: Sequence[bool] = (True, False), batch_size: int = 4,
-                 device: str | torch.device = "cpu",
-                 reconstruction_only: Sequence[str] | None = None) -> pd.DataFrame:
-    """Next-token CE and KL to the clean run with each set masked and spliced in at the hook.
+                 sets: Mapping[str, np.ndarray], **kwargs: Any) -> pd.DataFrame:
+    """:func:`spliced_losses` of one SAE."""
+    return spliced_losses(run_clean, run_patched, [(sae, sets)], contexts, **kwargs)[0]
 
-    Each condition costs one pass of the layers after the hook. ``reconstruction_only`` limits
-    the measurement without the error term (``keep_error=False``) to the named sets (``none``
-    included by name; default: every set). Returns one row per measured (set, keep_error), sets
-    including ``none`` (nothing masked), with the clean CE beside it: ``set, keep_error,
+
+@torch.no_grad()
+def spliced_losses(run_clean: RunClean, run_patched: RunPatched,
+                   saes: Sequence[tuple[SAE, Mapping[str, np.ndarray]]], contexts: np.ndarray, *,
+                   outlier_threshold: float | None = None,
+                   error_modes: Sequence[bool] = (True, False), batch_size: int = 4,
+                   device: str | torch.device = "cpu",
+                   reconstruction_only: Sequence[str] | None = None) -> list[pd.DataFrame]:
+    """Next-token CE and KL to the clean run with each set masked and spliced in at the hook,
+    for each ``(sae, sets)`` of ``saes`` (all of them held on ``device``).
+
+    The clean run of a context batch is shared by every SAE (it runs once per batch, not once per
+    SAE), and each condition costs one pass of the layers after the hook. ``reconstruction_only``
+    limits the measurement without the error term (``keep_error=False``) to the named sets
+    (``none`` included by name; default: every set). Returns per SAE one row per measured (set,
+    keep_error), sets including ``none`` (nothing masked; with the error term kept, the splice
+    machinery's own check: zero change), with the clean CE beside it: ``set, keep_error,
     n_features, ce, ce_clean, delta_ce, kl, n_predictions, n_patched``.
     """
     device = torch.device(device)
-    sae = sae.to(device).eval()
     contexts = np.asarray(contexts, dtype=np.int64)
     if contexts.ndim != 2 or contexts.shape[1] < 3:
         raise ValueError(f"contexts must be (n, T>=3) token ids, got shape {contexts.shape}")
-    idx = _index({"none": np.zeros(0, dtype=np.int64), **sets}, device)
-    w_dec, b_dec = sae.W_dec.float(), sae.b_dec.float()
-    conds = [(k, e) for k in idx for e in error_modes
-             if e or reconstruction_only is None or k in reconstruction_only]
-    ce = {c: 0.0 for c in conds}
-    kl = {c: 0.0 for c in conds}
+    per_sae = []
+    for sae, sets in saes:
+        sae = sae.to(device).eval()
+        idx = _index({"none": np.zeros(0, dtype=np.int64), **sets}, device)
+        conds = [(k, e) for k in idx for e in error_modes
+                 if e or reconstruction_only is None or k in reconstruction_only]
+        per_sae.append({"sae": sae, "idx": idx, "conds": conds,
+                        "w_dec": sae.W_dec.float(), "b_dec": sae.b_dec.float(),
+                        "ce": dict.fromkeys(conds, 0.0), "kl": dict.fromkeys(conds, 0.0)})
     ce_clean, n_pred, n_patched = 0.0, 0, 0
-    starts = range(0, len(contexts), batch_size)
-    for start in progress(starts, total=len(starts), desc="spliced loss", unit="batch"):
-        tokens = torch.from_numpy(contexts[start:start + batch_size]).to(device)
-        logits, acts = run_clean(tokens)
-        x = acts.float()
-        clean = _CleanRun.of(logits, tokens)
-        ce_clean += clean.ce
-        n_pred += int(tokens.shape[0] * (tokens.shape[1] - 2))
-        patch = torch.ones(x.shape[:2], dtype=torch.bool, device=device)
-        patch[:, 0] = False
-        if outlier_threshold is not None:
-            patch &= x.norm(dim=-1) <= outlier_threshold
-        n_patched += int(patch.sum())
-        f = sae.encode(x).float()
-        x_hat = f @ w_dec + b_dec
+    # progress in (batch, SAE) units: a batch of many anchors can take minutes on a CPU
+    units = [(start, one) for start in range(0, len(contexts), batch_size) for one in per_sae]
+    for start, one in progress(units, total=len(units), desc="spliced loss", unit="SAE-batch"):
+        if one is per_sae[0]:  # a new context batch: its clean run
+            tokens = torch.from_numpy(contexts[start:start + batch_size]).to(device)
+            logits, acts = run_clean(tokens)
+            x = acts.float()
+            clean = _CleanRun.of(logits, tokens)
+            ce_clean += clean.ce
+            n_pred += int(tokens.shape[0] * (tokens.shape[1] - 2))
+            patch = torch.ones(x.shape[:2], dtype=torch.bool, device=device)
+            patch[:, 0] = False
+            if outlier_threshold is not None:
+                patch &= x.norm(dim=-1) <= outlier_threshold
+            n_patched += int(patch.sum())
+        f = one["sae"].encode(x).float()
+        x_hat = f @ one["w_dec"] + one["b_dec"]
         done: dict[tuple[bytes, bool], tuple[float, float]] = {}  # identical sets run once
-        for k, i in idx.items():
-            removed = x_hat - _masked(f, x_hat, w_dec, i)
+        for k, i in one["idx"].items():
+            removed = x_hat - _masked(f, x_hat, one["w_dec"], i)
             for keep_error in error_modes:
-                if (k, keep_error) not in ce:
+                if (k, keep_error) not in one["ce"]:
                     continue
                 key = (i.cpu().numpy().tobytes(), keep_error)
                 if key not in done:
                     new = (x - removed) if keep_error else (x_hat - removed)
                     new = torch.where(patch.unsqueeze(-1), new, x)
                     done[key] = _loss_terms(run_patched(tokens, new), clean)
-                ce[(k, keep_error)] += done[key][0]
-                kl[(k, keep_error)] += done[key][1]
-    rows = []
-    for k, e in conds:
-        rows.append({"set": k, "keep_error": e, "n_features": int(idx[k].numel()),
-                     "ce": ce[(k, e)] / n_pred, "ce_clean": ce_clean / n_pred,
-                     "delta_ce": (ce[(k, e)] - ce_clean) / n_pred, "kl": kl[(k, e)] / n_pred,
-                     "n_predictions": n_pred, "n_patched": n_patched})
-    return pd.DataFrame(rows)
+                one["ce"][(k, keep_error)] += done[key][0]
+                one["kl"][(k, keep_error)] += done[key][1]
+    tables = []
+    for one in per_sae:
+        ce, kl, idx = one["ce"], one["kl"], one["idx"]
+        tables.append(pd.DataFrame([
+            {"set": k, "keep_error": e, "n_features": int(idx[k].numel()),
+             "ce": ce[(k, e)] / n_pred, "ce_clean": ce_clean / n_pred,
+             "delta_ce": (ce[(k, e)] - ce_clean) / n_pred, "kl": kl[(k, e)] / n_pred,
+             "n_predictions": n_pred, "n_patched": n_patched} for k, e in one["conds"]]))
+    return tables
 
 
 # ------------------------------------------------------------------------------------------
@@ -486,13 +503,16 @@ def run_masking(seed_dirs: Mapping[int, Any], features: pd.DataFrame, cache: Act
     ``seed_dirs`` maps a seed to its saved SAE; ``features`` is the census table (``seed,
     feature, label, train_mass, train_energy``; ``source`` names it in errors); ``anchors`` are
     the seeds used as anchors, each one SAE and so one independent unit. ``cache`` is the eval
-    split. With ``runners`` and ``ce_contexts`` the spliced CE/KL is measured too. Returns a table
-    with one row per (seed, set) and the summary of :func:`summarize`.
+    split. With ``runners`` and ``ce_contexts`` the spliced CE/KL is measured too, every anchor
+    on each context batch after one clean run of it (so all anchor SAEs are held on ``device``
+    meanwhile). Returns a table with one row per (seed, set) and the summary of
+    :func:`summarize`.
     """
     check_census_columns(features, source)
     load = load or (lambda p: load_sae(p, device=device))
     rng = np.random.default_rng(seed)
-    rows, infos = [], []
+    anchors = list(anchors)
+    per_anchor = []
     for s in anchors:
         if s not in seed_dirs:
             raise io.InputError(f"anchor seed {s} has no saved SAE (have {sorted(seed_dirs)})")
@@ -506,7 +526,6 @@ def run_masking(seed_dirs: Mapping[int, Any], features: pd.DataFrame, cache: Act
         mass = feats["train_mass"].to_numpy(np.float64)
         energy = feats["train_energy"].to_numpy(np.float64)
         fs = masking_sets(feats["label"].astype(str).to_numpy(), mass, energy, rng)
-        infos.append({"seed": s, **fs.info})
         log.info("seed %d: %d stable, %d unstable, %d dead; mass-matched %d vs %d features "
                  "(ratio %.2f, error %.3f); energy-matched %d vs %d (error %.3f)", s,
                  fs.sets["stable"].size, fs.sets["unstable"].size, fs.info["n_dead"],
@@ -515,11 +534,17 @@ def run_masking(seed_dirs: Mapping[int, Any], features: pd.DataFrame, cache: Act
                  fs.sets["stable_energy_matched"].size, fs.sets["unstable_energy_matched"].size,
                  fs.info["energy_match_error"])
         ev = masked_ev(sae, cache, fs.sets, batch_size=batch_size, device=device)
-        ce = None
-        if runners is not None and ce_contexts is not None and len(ce_contexts):
-            ce = spliced_loss(*runners, sae, ce_contexts, fs.sets,
-                              outlier_threshold=outlier_threshold, batch_size=ce_batch_size,
-                              device=device, reconstruction_only=RECONSTRUCTION_ONLY)
+        per_anchor.append((sae, fs, mass, energy, ev))
+    ces: list[pd.DataFrame | None] = [None] * len(anchors)
+    if runners is not None and ce_contexts is not None and len(ce_contexts):
+        # every anchor on each context batch: the clean run once per batch
+        ces = list(spliced_losses(*runners, [(a[0], a[1].sets) for a in per_anchor],
+                                  ce_contexts, outlier_threshold=outlier_threshold,
+                                  batch_size=ce_batch_size, device=device,
+                                  reconstruction_only=RECONSTRUCTION_ONLY))
+    rows, infos = [], []
+    for s, (sae, fs, mass, energy, ev), ce in zip(anchors, per_anchor, ces, strict=True):
+        infos.append({"seed": s, **fs.info})
         for name in ("none", *fs.sets, "all"):
             ids = fs.sets.get(name)
             n = sae.cfg.d_sae if name == "all" else (0 if ids is None else ids.size)
