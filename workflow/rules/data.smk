@@ -51,7 +51,8 @@ rule convert_gguf:
     conda:
         "../../envs/model.yaml"
     resources:
-        mem_mb=4000,
+        # float32 weights are ~8x a 4-bit file, held twice while they are copied out
+        mem_mb=lambda wc, input: max(4000, 20 * int(input.size_mb)),
     params:
         spec=model_spec,
     script:
