@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import torch
 
+from . import io
 from .activations import ForwardFn, hook_layer
 from .logs import get_logger
 from .metadata import hf_id
@@ -240,7 +241,8 @@ def _gguf_location(spec: dict[str, Any], model_dir: str | Path | None,
 
 
 CONVERTED_FROM = "converted_from.json"
-"""The file :func:`convert_gguf` writes last: the GGUF it read (name, size, sha256)."""
+"""The file :func:`convert_gguf` writes beside the weights: the GGUF it read (name, size,
+sha256). The directory appears whole or not at all (:func:`.io.atomic_path`)."""
 
 
 def convert_gguf(spec: dict[str, Any], model_dir: str | Path | None, out_dir: str | Path,
@@ -249,17 +251,11 @@ def convert_gguf(spec: dict[str, Any], model_dir: str | Path | None, out_dir: st
     (``config.json``, ``model.safetensors``, the tokenizer) that :func:`load_model` and
     :func:`load_tokenizer` read like the GGUF file itself: the same weights, bit for bit, and the
     same tokenizer. ``model_dir`` is where the GGUF was fetched (see :func:`gguf_file`)."""
-    import hashlib
-    import json
-    import shutil
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     file = gguf_file(spec, model_dir, name)
     location, kwargs = str(file.parent), {"gguf_file": file.name}
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(location, **kwargs)
     hf = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
     # transformers refuses to save a model loaded through its GGUF quantizer, although the
@@ -269,17 +265,12 @@ def convert_gguf(spec: dict[str, Any], model_dir: str | Path | None, out_dir: st
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(hf.state_dict(), strict=True)
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    (tmp / CONVERTED_FROM).write_text(json.dumps(
-        {"gguf_file": file.name, "bytes": file.stat().st_size, "sha256": digest.hexdigest(),
-         "architecture_name": spec.get("architecture_name")}, indent=1) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with io.atomic_path(out) as tmp:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        io.write_json(tmp / CONVERTED_FROM, {
+            "gguf_file": file.name, "bytes": file.stat().st_size,
+            "sha256": io.sha256_file(file), "architecture_name": spec.get("architecture_name")})
     log.info("%s: %s dequantised to float32 in %s", name, file, out)
     return out
 

@@ -222,7 +222,10 @@ def _normalise_rows(w: np.ndarray, eps: float) -> None:  # pragma: no cover
             w[j, t] /= norm
 
 
-_EXACT = {"_select_top", "_select_top_serial"}
+_EXACT = {_select_top}
+"""Kernels compiled without fastmath: the selection compares values, and fastmath's "no NaN, no
+infinity" would let the compiler drop the very checks that find the rows it gives back. A
+property of the function, not of a call: numba's on-disk cache does not tell flags apart."""
 
 
 @functools.cache
@@ -230,16 +233,14 @@ def _compile(py_func: Any, parallel: bool) -> Any:
     """``py_func`` as a numba function, parallel over its ``prange`` loop or serial (``prange``
     is ``range``), its machine code cached on disk (next to this file, or in numba's user cache
     directory) where any location is writable."""
+    fastmath = py_func not in _EXACT
     if not parallel:
         # numba's cache index does not tell the two apart: a copy of its own name for each
         py_func = types.FunctionType(py_func.__code__, py_func.__globals__,
                                      py_func.__name__ + "_serial", py_func.__defaults__,
                                      py_func.__closure__)
         py_func.__qualname__ = py_func.__name__
-    # the selection compares values, and fastmath's "no NaN, no infinity" would let it assume
-    # away the cases it must detect
-    opts = {"parallel": parallel, "fastmath": py_func.__name__ not in _EXACT,
-            "boundscheck": False}
+    opts = {"parallel": parallel, "fastmath": fastmath, "boundscheck": False}
     try:
         return numba.njit(cache=True, **opts)(py_func)
     except RuntimeError as e:  # "cannot cache function ...: no locator available"
