@@ -33,13 +33,16 @@ for m):
    configuration together (``--job-seeds``, 6) on one thread (``--job-threads``: two jobs share
    the 2 cores): its amortised tokens/s per SAE, and that as a share of the encoder-only rate on
    the same thread count (S encoder matmuls against an S-seed step).
-5. **Where a step's time goes** (``--profile N``): ``torch.profiler`` over N training steps of
-   one seed (after 20 warm-up steps), the operators by self CPU time per step, and the share of
-   the step taken by the three it cannot do without (the encoder matmul ``baddbmm``, the top-k
-   selection and the fused Adam update): the step's floor on this machine. On a CPU the
-   selection is a compiled kernel (``top_indices``), which the profiler does not see; it is
-   timed apart on the same steps' pre-activations and added to the step, and compared on one
-   thread with the numpy selections it replaced.
+5. **Where a step's time goes** (``--profile N``): ``torch.profiler`` over N training steps
+   (after 20 warm-up steps), of one seed on the bench's threads and then of part 4's job (its
+   seeds stacked, on its threads), each step's wall time without the profiler, the operators by
+   self CPU time per step, and the share of the step taken by the three it cannot do without
+   (the encoder matmul ``baddbmm``, the top-k selection and the fused Adam update): the step's
+   floor on this machine. On a CPU the selection is a compiled kernel (``top_indices``), which
+   the profiler does not see; it is timed apart on the same steps' pre-activations and added to
+   the step, and (for one seed) compared on one thread with the numpy selections it replaced.
+   The decoder-norm kernels (``project_out_rows``, ``normalise_rows``) and Python are seen by
+   neither: they are only in the wall time per step.
 
 The machine has 2 cores and is shared with other processes, so each comparison alternates A and
 B (``--repeats``, 3 by default) and keeps the better of each; part 1 also prints each
@@ -255,7 +258,8 @@ def main() -> None:
     ap.add_argument("--skip-saelens", action="store_true", help="skip part 1's SAELens side")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
-                    help="also profile N training steps of one seed, operator by operator")
+                    help="also profile N training steps, operator by operator: of one seed, "
+                         "and of part 4's job (--job-seeds on --job-threads)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("saestab").setLevel(logging.WARNING)
@@ -457,6 +461,8 @@ def main() -> None:
               f"over the last {rcfg.lr_decay_fraction:.0%}.")
     if args.profile:
         profile_steps(train, cfg, args.profile)
+        # the workflow's job (part 4's seeds and threads), where the default run spends its time
+        profile_steps(train, cfg, args.profile, seeds=args.job_seeds, threads=args.job_threads)
     if args.json:
         Path(args.json).write_text(json.dumps({
             "synthetic": synthetic, "steps": steps, "tokens": n1, "threads": args.threads,
@@ -472,27 +478,45 @@ def main() -> None:
 FLOOR_OPS = ("aten::baddbmm", "aten::topk", "aten::_fused_adam_")
 
 
-def profile_steps(cache: ActivationCache, cfg: TrainConfig, n: int, top: int = 14) -> None:
-    """Part 5: per-operator self CPU time of ``n`` training steps of one seed."""
+def profile_steps(cache: ActivationCache, cfg: TrainConfig, n: int, seeds: int = 1,
+                  threads: int | None = None, top: int = 14) -> None:
+    """Part 5: per-operator self CPU time of ``n`` training steps of ``seeds`` stacked seeds on
+    ``threads`` threads (default: the bench's)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        _profile_steps(cache, cfg, n, seeds, top)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _profile_steps(cache: ActivationCache, cfg: TrainConfig, n: int, seeds: int,
+                   top: int) -> None:
     from torch.profiler import profile
 
     from saestab.training import loop
 
     rcfg, data = loop.prepare_data(cache, cfg, 0, torch.device("cpu"))
-    state = loop.make_optimizer(loop.build_model(rcfg, data, [0], None), rcfg, data.total_steps)
+    state = loop.make_optimizer(loop.build_model(rcfg, data, list(range(seeds)), None), rcfg,
+                                data.total_steps)
     batches = data.stream.batches(0, data.total_steps)
     xs = [next(batches) for _ in range(20 + n)]
     for step in range(20):
         loop.train_step(state, xs[step], step)
+    # the step's wall time without the profiler, then its operators under it
+    t0 = time.perf_counter()
+    for step in range(20, 20 + n):
+        loop.train_step(state, xs[step], step)
+    wall = (time.perf_counter() - t0) / n
     with profile() as prof:
-        t0 = time.perf_counter()
         for step in range(20, 20 + n):
             loop.train_step(state, xs[step], step)
-        wall = (time.perf_counter() - t0) / n
     ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in ops) / n / 1e3  # ms per step
-    print(f"\n4. one step of one seed, {n} steps profiled: {1e3 * wall:.1f} ms wall per step "
-          f"(under the profiler), {total:.1f} ms of operator self time")
+    what = "one seed" if seeds == 1 else f"{seeds} seeds stacked"
+    print(f"\n5. one step of {what} on {torch.get_num_threads()} thread(s), {n} steps: "
+          f"{1e3 * wall:.1f} ms wall per step without the profiler, {total:.1f} ms of operator "
+          "self time under it")
     print(f"   {'operator':<34}{'calls/step':>11}{'ms/step':>10}{'share':>8}")
     for e in ops[:top]:
         ms = e.self_cpu_time_total / n / 1e3
@@ -508,12 +532,14 @@ def profile_steps(cache: ActivationCache, cfg: TrainConfig, n: int, top: int = 1
         top_indices(pre, int(rcfg.k))  # type: ignore[arg-type]
     select = (time.perf_counter() - t0) / n * 1e3
     print(f"   {'top_indices (timed apart)':<34}{1.0:>11.1f}{select:>10.2f}")
-    compare_selection(pres, int(rcfg.k))  # type: ignore[arg-type]
+    if seeds == 1:
+        compare_selection(pres, int(rcfg.k))  # type: ignore[arg-type]
     floor = select + sum(e.self_cpu_time_total for e in ops if e.key in FLOOR_OPS) / n / 1e3
     step = total + select
     print(f"   floor (top_indices, {', '.join(FLOOR_OPS)}): {floor:.2f} ms/step, "
           f"{100 * floor / step:.0f}% of the step's {step:.1f} ms; a step of only these would "
-          f"train {data.stream.batch_size / floor * 1e3:,.0f} tokens/s")
+          f"train {seeds * data.stream.batch_size / floor * 1e3:,.0f} tokens/s per SAE"
+          + ("" if seeds == 1 else " (amortised over the seeds, as in part 4)"))
 
 
 def compare_selection(pres: list[torch.Tensor], k: int, rounds: int = 3) -> None:
