@@ -9,7 +9,7 @@ A model is described by a small spec (a dict from the config) with a ``source``:
     transformer-lens picks the right adapter. Parsing a GGUF file takes ~20 s (SmolLM2's
     tokenizer alone is ~0.4M metadata fields), so the workflow dequantises it once
     (:func:`convert_gguf`, rule ``convert_gguf``) into a transformers directory that every job
-    loads in a fraction of a second; :func:`load_model` takes either.
+    loads in seconds; :func:`load_model` takes either.
 ``hub``
     A Hugging Face model name or a local directory in HF format (``gpt2``,
     ``EleutherAI/pythia-160m-deduped``, ``google/gemma-2-2b``): the path real runs take. In the
